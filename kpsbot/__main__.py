@@ -1,0 +1,5 @@
+"""`python -m kpsbot`."""
+
+from kpsbot.cli import main
+
+main()

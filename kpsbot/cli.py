@@ -1,0 +1,179 @@
+"""Command line: thin click commands that build objects from settings and print results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from kpsbot import __version__
+from kpsbot.settings import Settings, SettingsError, load_settings
+
+EXIT_FAILED = 1  # the API or Slack failed
+EXIT_USAGE = 2  # usage or settings
+
+log = logging.getLogger("kpsbot")
+
+
+class SecretFilter(logging.Filter):
+    """Last line of defence: replaces any configured secret that reaches a log record."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(s in message for s in self.secrets):
+                for s in self.secrets:
+                    message = message.replace(s, "***")
+                record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    secrets = [settings.ak, settings.sk, settings.security_token, settings.auth_token,
+               settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token]
+    handler.addFilter(SecretFilter([s for s in secrets if s]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # urllib3 logs full URLs with query strings at DEBUG; keep its chatter down.
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"kpsbot: {message}", err=True)
+    sys.exit(code)
+
+
+class Context:
+    """Loads settings once per process; commands ask only for what they need."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except SettingsError as exc:
+                fail(str(exc), EXIT_USAGE)
+            setup_logging(self._settings)
+        return self._settings
+
+    def require(self, *checks: str) -> Settings:
+        settings = self.settings
+        try:
+            for check in checks:
+                getattr(settings, f"require_{check}")()
+        except SettingsError as exc:
+            fail(str(exc), EXIT_USAGE)
+        return settings
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kpsbot")
+def cli() -> None:
+    """kpsbot: Huawei Cloud KPS key-pair tasks in Slack.
+
+    Settings come from the environment and a .env file in the working directory
+    (see .env.example).
+    """
+
+
+def kps_failure(exc) -> None:
+    """One stderr line with error_code, error_msg and request id; exit 1."""
+    fail(str(exc), EXIT_FAILED)
+
+
+# -- kpsbot tasks ------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=None,
+              help="Rows to fetch (1-1000; default: the page size, KPSBOT_PAGE_SIZE).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Rows to skip.")
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every page (ignores --limit/--offset).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"total": N, "tasks": [...]} with the API\'s field names.')
+@pass_context
+def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json: bool) -> None:
+    """Print the key-pair tasks running now."""
+    from kpsbot.kps.client import KpsError
+    from kpsbot.tables import render_task_table
+
+    settings = ctx.require("kps")
+    client = settings.kps_client()
+    try:
+        if fetch_all:
+            page = client.all_running_tasks()
+        else:
+            page = client.list_running_tasks(limit or settings.page_size, offset)
+    except KpsError as exc:
+        kps_failure(exc)
+    if as_json:
+        out = {"total": page.total, "tasks": [t.to_api() for t in page.tasks]}
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    click.echo(render_task_table(page.tasks, page.total, 0 if fetch_all else offset,
+                                 now=datetime.now(timezone.utc)))
+
+
+# -- kpsbot simulate ---------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True,
+              help="Port to listen on (0 picks a free one).")
+@click.option("--tasks", "task_count", type=click.IntRange(min=0), default=25, show_default=True,
+              help="Tasks running at start.")
+@click.option("--rate", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="New tasks started per second (0: a static snapshot).")
+@click.option("--seed", type=int, default=None, help="Random seed, for reproducible runs.")
+@click.option("--project-id", default=None, help="Project to serve (default: KPS_PROJECT_ID).")
+@click.option("--ak", default=None, help="AK to accept (default: CLOUD_SDK_AK).")
+@click.option("--sk", default=None, help="SK to accept (default: CLOUD_SDK_SK).")
+@click.option("--token", default=None, help="IAM token to accept (default: KPS_AUTH_TOKEN).")
+@pass_context
+def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, sk, token) -> None:
+    """Run a local KPS API simulator (signature checks included)."""
+    from kpsbot.simulator import Simulator, serve
+
+    settings = ctx.settings
+    project_id = project_id or settings.project_id
+    if not project_id:
+        fail("KPS_PROJECT_ID is not set: set it, or pass --project-id", EXIT_USAGE)
+    sim = Simulator(
+        project_id=project_id,
+        ak=ak or settings.ak,
+        sk=sk or settings.sk,
+        token=token or settings.auth_token,
+        tasks=task_count,
+        seed=seed,
+        rate=rate,
+    )
+    try:
+        serve(host, port, sim)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+def main() -> None:
+    cli(prog_name="kpsbot")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""HTTP client for the KPS task API: one pooled session, bounded retries, one error type."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from kpsbot.kps.auth import TokenAuth
+from kpsbot.kps.models import FailedTask, MalformedTask, RunningTask, TaskPage, TaskStatus
+
+log = logging.getLogger(__name__)
+
+API_PAGE_LIMIT = 1000  # the API's own default and the largest page we ask for
+MAX_PAGES = 1000  # 1,000,000 tasks: far above any real project, low enough to stop a lying `total`
+THROTTLED = "APIG.0308"  # API gateway throttling; its guidance is to retry after 2-5 s
+RETRY_AFTER_CAP = 10.0
+
+
+class KpsError(Exception):
+    """A KPS call that failed: HTTP status, KPS error code and message, and the request id."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.request_id = request_id
+
+    @property
+    def auth_rejected(self) -> bool:
+        return self.status in (401, 403)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error_code == "timeout"
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.status:
+            parts.append(f"HTTP {self.status}")
+        if self.request_id:
+            parts.append(f"request id {self.request_id}")
+        return " | ".join(parts).replace("\n", " ")
+
+
+class _BoundedRetry(Retry):
+    """urllib3 Retry whose honoured Retry-After is capped, so a hostile header cannot stall us."""
+
+    def get_retry_after(self, response):  # noqa: ANN001 - urllib3's signature
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, RETRY_AFTER_CAP)
+
+
+def build_session(retries: int = 3, backoff: float = 0.5, pool_size: int = 16) -> requests.Session:
+    """A pooled session that retries idempotent GETs on connection errors, 429 and 5xx."""
+    retry = _BoundedRetry(
+        total=retries,
+        connect=retries,
+        read=0,  # a read timeout means KPS is slow: retrying would multiply the wait
+        status=retries,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=frozenset({"GET"}),
+        backoff_factor=backoff,
+        backoff_max=RETRY_AFTER_CAP,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["Accept"] = "application/json"
+    session.headers["User-Agent"] = "kpsbot"
+    return session
+
+
+def _excerpt(text: str, size: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= size else text[:size] + "…"
+
+
+class KpsClient:
+    """Reads running tasks, failed tasks and task status for one project."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        project_id: str,
+        auth: requests.auth.AuthBase,
+        *,
+        timeout: tuple[float, float] = (5.0, 15.0),
+        session: requests.Session | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.project_id = project_id
+        self.timeout = timeout
+        self.session = session or build_session(retries=retries, backoff=backoff)
+        self.session.auth = auth
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"KpsClient({self.endpoint!r}, project_id={self.project_id!r})"
+
+    # -- one page ---------------------------------------------------------------
+
+    def list_running_tasks(self, limit: int = API_PAGE_LIMIT, offset: int = 0) -> TaskPage:
+        return self._page("running-tasks", RunningTask, limit, offset)
+
+    def list_failed_tasks(self, limit: int = API_PAGE_LIMIT, offset: int = 0) -> TaskPage:
+        return self._page("failed-tasks", FailedTask, limit, offset)
+
+    def get_task_status(self, task_id: str) -> TaskStatus:
+        body = self._get(f"tasks/{quote(task_id, safe='')}")
+        try:
+            return TaskStatus.from_api(body, task_id)
+        except MalformedTask as exc:
+            raise KpsError(f"KPS returned a task status of the wrong shape: {exc}") from None
+
+    # -- every page ---------------------------------------------------------------
+
+    def iter_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[RunningTask]:
+        yield from self._walk(self.list_running_tasks, page_size)
+
+    def iter_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[FailedTask]:
+        yield from self._walk(self.list_failed_tasks, page_size)
+
+    def all_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
+        """Every running task (de-duplicated), with the rows that could not be parsed."""
+        return self._collect(self.list_running_tasks, page_size)
+
+    def all_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
+        return self._collect(self.list_failed_tasks, page_size)
+
+    def _collect(self, fetch: Callable[[int, int], TaskPage], page_size: int) -> TaskPage:
+        skipped: list = []
+        tasks = list(self._walk(fetch, page_size, skipped))
+        return TaskPage(total=len(tasks), tasks=tasks, skipped=skipped)
+
+    def _walk(
+        self, fetch: Callable[[int, int], TaskPage], page_size: int, skipped: list | None = None
+    ) -> Iterator[Any]:
+        # Offset paging over a list that changes underneath can repeat entries: keep the first.
+        seen: set[str] = set()
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = fetch(page_size, offset)
+            if skipped is not None:
+                skipped.extend(page.skipped)
+            for task in page.tasks:
+                if task.task_id not in seen:
+                    seen.add(task.task_id)
+                    yield task
+            received = len(page.tasks) + len(page.skipped)
+            offset += received
+            if received == 0 or offset >= page.total:
+                return
+        log.warning("stopped paging after %d pages; KPS reported total=%s", MAX_PAGES, page.total)
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    def _page(self, resource: str, model: type, limit: int, offset: int) -> TaskPage:
+        body = self._get(resource, {"limit": str(limit), "offset": str(offset)})
+        total = body.get("total") if isinstance(body, dict) else None
+        rows = body.get("tasks") if isinstance(body, dict) else None
+        if isinstance(total, str) and total.isdigit():
+            total = int(total)
+        if not isinstance(rows, list) or not isinstance(total, int) or isinstance(total, bool):
+            raise KpsError(
+                f"KPS returned {resource} of the wrong shape (expected total and tasks): "
+                f"{_excerpt(json.dumps(body))}"
+            )
+        tasks, skipped = [], []
+        for row in rows:
+            try:
+                tasks.append(model.from_api(row))
+            except MalformedTask as exc:
+                log.warning("skipping a %s row that cannot be parsed: %s", resource, exc)
+                skipped.append(row)
+        return TaskPage(total=max(total, 0), tasks=tasks, skipped=skipped)
+
+    def _get(self, resource: str, params: dict[str, str] | None = None) -> Any:
+        url = f"{self.endpoint}/v3/{quote(self.project_id, safe='')}/{resource}"
+        for attempt in range(3):
+            response = self._send(url, params)
+            if response.ok:
+                return self._json(response)
+            error = self._error(response)
+            if error.error_code != THROTTLED or attempt == 2:
+                raise error
+            self._sleep(2.0 * (attempt + 1))  # APIG.0308 is throttling under another status
+        raise AssertionError("unreachable")
+
+    def _send(self, url: str, params: dict[str, str] | None) -> requests.Response:
+        try:
+            return self.session.get(url, params=params, timeout=self.timeout)
+        except requests.Timeout:
+            raise KpsError(
+                f"KPS did not answer within {self.timeout[1]:g} s", error_code="timeout"
+            ) from None
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+            raise KpsError(
+                f"cannot reach KPS at {self.endpoint} ({reason})", error_code="connection"
+            ) from None
+
+    @staticmethod
+    def _json(response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise KpsError(
+                f"KPS answered with a body that is not JSON: {_excerpt(response.text)!r}",
+                status=response.status_code,
+                request_id=response.headers.get("X-Request-Id"),
+            ) from None
+
+    def _error(self, response: requests.Response) -> KpsError:
+        request_id = response.headers.get("X-Request-Id")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        code = msg = None
+        if isinstance(body, dict):
+            code = body.get("error_code")
+            msg = body.get("error_msg")
+            if isinstance(body.get("error"), dict):  # the API gateway's own error shape
+                code = code or body["error"].get("code")
+                msg = msg or body["error"].get("message")
+        code = str(code) if code is not None else None
+        msg = str(msg) if msg is not None else None
+        if code or msg:
+            message = f"KPS error {code or '?'}: {msg or ''}".strip()
+        else:
+            message = f"KPS answered HTTP {response.status_code}: {_excerpt(response.text) or 'empty body'}"
+        if response.status_code == 401 and isinstance(self.session.auth, TokenAuth):
+            message += (
+                " (the IAM token may have expired: tokens last 24 h; use CLOUD_SDK_AK/CLOUD_SDK_SK"
+                " for long-running use)"
+            )
+        return KpsError(
+            message, status=response.status_code, error_code=code, error_msg=msg, request_id=request_id
+        )

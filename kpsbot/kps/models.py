@@ -1,0 +1,125 @@
+"""Typed views of KPS task records; tolerant of missing, extra and unexpected fields."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+ACTIONS = ("RESET", "REPLACE", "UNBIND")
+STATES = ("READY", "RUNNING", "SUCCESS", "FAILED")
+TASK_FIELDS = ("task_id", "operate_type", "task_time", "server_name", "server_id", "keypair_name")
+
+
+class MalformedTask(ValueError):
+    """A task record that cannot be used (not an object, or no task_id)."""
+
+
+def parse_operate_type(value: str) -> tuple[str | None, str | None]:
+    """`RUNNING_RESET` -> ("RUNNING", "RESET"); an unknown value -> (None, None).
+
+    The published docs disagree on the prefix (FAILED_RESET vs RUNNING_RESET), so any
+    `<STATE>_<ACTION>` is accepted and the action comes from the suffix.
+    """
+    state, sep, action = (value or "").upper().rpartition("_")
+    if not sep or action not in ACTIONS:
+        return None, None
+    return state or None, action
+
+
+def parse_task_time(value: Any) -> datetime | None:
+    """Epoch milliseconds (string or number) -> aware UTC datetime; None when unusable."""
+    try:
+        millis = int(str(value).strip())
+        return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _text(record: dict, key: str) -> str:
+    value = record.get(key)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class RunningTask:
+    task_id: str
+    operate_type: str = ""
+    task_time: str = ""
+    server_name: str = ""
+    server_id: str = ""
+    keypair_name: str = ""
+
+    @classmethod
+    def from_api(cls, record: Any) -> RunningTask:
+        if not isinstance(record, dict):
+            raise MalformedTask(f"task is not an object: {str(record)[:200]!r}")
+        task_id = _text(record, "task_id").strip()
+        if not task_id:
+            raise MalformedTask(f"task has no task_id: {str(record)[:200]!r}")
+        return cls(task_id, *(_text(record, name) for name in TASK_FIELDS[1:]))
+
+    @property
+    def action(self) -> str | None:
+        """RESET, REPLACE or UNBIND; None when operate_type is not of a known shape."""
+        return parse_operate_type(self.operate_type)[1]
+
+    @property
+    def started_at(self) -> datetime | None:
+        return parse_task_time(self.task_time)
+
+    def to_api(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FailedTask(RunningTask):
+    task_error_code: str = ""
+    task_error_msg: str = ""
+
+    @classmethod
+    def from_api(cls, record: Any) -> FailedTask:
+        base = RunningTask.from_api(record)
+        return cls(
+            **asdict(base),
+            task_error_code=_text(record, "task_error_code"),
+            task_error_msg=_text(record, "task_error_msg"),
+        )
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    task_id: str
+    task_status: str = ""
+    server_id: str = ""
+
+    @classmethod
+    def from_api(cls, record: Any, task_id: str = "") -> TaskStatus:
+        if not isinstance(record, dict):
+            raise MalformedTask(f"status is not an object: {str(record)[:200]!r}")
+        return cls(
+            _text(record, "task_id") or task_id,
+            _text(record, "task_status"),
+            _text(record, "server_id"),
+        )
+
+    @property
+    def state(self) -> str | None:
+        """READY, RUNNING, SUCCESS or FAILED (None for anything else)."""
+        state, _ = parse_operate_type(self.task_status)
+        return state if state in STATES else None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("SUCCESS", "FAILED")
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task list, plus the rows that could not be parsed."""
+
+    total: int
+    tasks: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""The Slack side: Block Kit rendering, the Bolt app and its listeners."""
