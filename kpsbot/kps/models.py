@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,14 +36,13 @@ def parse_task_time(value: Any) -> datetime | None:
         return None
 
 
-def _text(record: dict, key: str) -> str:
-    value = record.get(key)
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
+    return "" if value is None else str(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunningTask:
     task_id: str
     operate_type: str = ""
@@ -56,10 +55,19 @@ class RunningTask:
     def from_api(cls, record: Any) -> RunningTask:
         if not isinstance(record, dict):
             raise MalformedTask(f"task is not an object: {str(record)[:200]!r}")
-        task_id = _text(record, "task_id").strip()
+        get = record.get
+        task_id = _text(get("task_id")).strip()
         if not task_id:
             raise MalformedTask(f"task has no task_id: {str(record)[:200]!r}")
-        return cls(task_id, *(_text(record, name) for name in TASK_FIELDS[1:]))
+        # This runs once per task per poll (100,000s): plain calls, no generators.
+        return cls(
+            task_id,
+            _text(get("operate_type")),
+            _text(get("task_time")),
+            _text(get("server_name")),
+            _text(get("server_id")),
+            _text(get("keypair_name")),
+        )
 
     @property
     def action(self) -> str | None:
@@ -71,10 +79,11 @@ class RunningTask:
         return parse_task_time(self.task_time)
 
     def to_api(self) -> dict[str, str]:
-        return asdict(self)
+        """The record with the API's field names (asdict() deep-copies and is 10x slower)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FailedTask(RunningTask):
     task_error_code: str = ""
     task_error_msg: str = ""
@@ -83,9 +92,9 @@ class FailedTask(RunningTask):
     def from_api(cls, record: Any) -> FailedTask:
         base = RunningTask.from_api(record)
         return cls(
-            **asdict(base),
-            task_error_code=_text(record, "task_error_code"),
-            task_error_msg=_text(record, "task_error_msg"),
+            **base.to_api(),
+            task_error_code=_text(record.get("task_error_code")),
+            task_error_msg=_text(record.get("task_error_msg")),
         )
 
 
@@ -100,9 +109,9 @@ class TaskStatus:
         if not isinstance(record, dict):
             raise MalformedTask(f"status is not an object: {str(record)[:200]!r}")
         return cls(
-            _text(record, "task_id") or task_id,
-            _text(record, "task_status"),
-            _text(record, "server_id"),
+            _text(record.get("task_id")) or task_id,
+            _text(record.get("task_status")),
+            _text(record.get("server_id")),
         )
 
     @property

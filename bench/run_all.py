@@ -1,0 +1,28 @@
+"""Run every benchmark in turn; `--quick` is the CI smoke pass (small sizes, no timing goals)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["client_vs_sdk.py", "poll_cycle.py", "ack_latency.py", "burst.py"]
+
+
+def main() -> int:
+    extra = [a for a in sys.argv[1:] if a == "--quick"]
+    failed = []
+    for name in BENCHMARKS:
+        print(f"\n=== {name} {' '.join(extra)}", flush=True)
+        if subprocess.call([sys.executable, str(HERE / name), *extra], cwd=HERE) != 0:
+            failed.append(name)
+    if failed:
+        print(f"\nbenchmarks that failed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"\nresults: {HERE / 'results' / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
