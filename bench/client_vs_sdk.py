@@ -43,8 +43,10 @@ def run(tasks: int, repeats: int) -> dict:
             ["floor: requests.get + json.loads", f.wall, f.cpu, f.peak_rss_mb, f.stdout_bytes],
         ],
     )
-    print(f"kpsbot is {result['speedup']:.2f}x the speed of the official SDK (goal: >= 2x); "
-          f"{result['kpsbot_vs_floor']:.2f}x the floor's time")
+    print(
+        f"kpsbot is {result['speedup']:.2f}x the speed of the official SDK (goal: >= 2x); "
+        f"{result['kpsbot_vs_floor']:.2f}x the floor's time"
+    )
     return result
 
 

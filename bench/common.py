@@ -23,8 +23,14 @@ AK, SK, TOKEN = "BENCHAK0000000000", "bench-secret-key-0000000000000000", "bench
 def kps_env(url: str, **extra: str) -> dict[str, str]:
     """Environment for a kpsbot process talking to the benchmark simulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK"))}
-    env.update(KPS_ENDPOINT=url, KPS_PROJECT_ID=PROJECT, CLOUD_SDK_AK=AK, CLOUD_SDK_SK=SK,
-               KPSBOT_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+    env.update(
+        KPS_ENDPOINT=url,
+        KPS_PROJECT_ID=PROJECT,
+        CLOUD_SDK_AK=AK,
+        CLOUD_SDK_SK=SK,
+        KPSBOT_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
     env.update(extra)
     return env
 
@@ -32,11 +38,36 @@ def kps_env(url: str, **extra: str) -> dict[str, str]:
 @contextmanager
 def simulator(tasks: int, rate: float = 0.0, delay: float | None = None):
     """`kpsbot simulate` as a subprocess; yields its base URL."""
-    cmd = [sys.executable, "-m", "kpsbot", "simulate", "--port", "0", "--tasks", str(tasks),
-           "--rate", str(rate), "--seed", "7", "--project-id", PROJECT, "--ak", AK, "--sk", SK,
-           "--token", TOKEN]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=kps_env("http://unused"), cwd=ROOT / "bench")
+    cmd = [
+        sys.executable,
+        "-m",
+        "kpsbot",
+        "simulate",
+        "--port",
+        "0",
+        "--tasks",
+        str(tasks),
+        "--rate",
+        str(rate),
+        "--seed",
+        "7",
+        "--project-id",
+        PROJECT,
+        "--ak",
+        AK,
+        "--sk",
+        SK,
+        "--token",
+        TOKEN,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=kps_env("http://unused"),
+        cwd=ROOT / "bench",
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://[\d.]+:\d+", line)

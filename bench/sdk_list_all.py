@@ -17,8 +17,9 @@ FIELDS = ("task_id", "operate_type", "task_time", "server_name", "server_id", "k
 def main() -> None:
     config = HttpConfig.get_default_config()
     config.ignore_ssl_verification = True
-    credentials = BasicCredentials(os.environ["CLOUD_SDK_AK"], os.environ["CLOUD_SDK_SK"],
-                                   os.environ["KPS_PROJECT_ID"])
+    credentials = BasicCredentials(
+        os.environ["CLOUD_SDK_AK"], os.environ["CLOUD_SDK_SK"], os.environ["KPS_PROJECT_ID"]
+    )
     client = (
         KpsClient.new_builder()
         .with_http_config(config)

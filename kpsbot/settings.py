@@ -14,8 +14,15 @@ from dotenv import dotenv_values
 
 log = logging.getLogger(__name__)
 
-SECRETS = ("ak", "sk", "security_token", "auth_token", "slack_bot_token", "slack_signing_secret",
-           "slack_app_token")
+SECRETS = (
+    "ak",
+    "sk",
+    "security_token",
+    "auth_token",
+    "slack_bot_token",
+    "slack_signing_secret",
+    "slack_app_token",
+)
 REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -81,7 +88,9 @@ class Settings:
             raise SettingsError("KPS_REGION is not set: set it to your region, e.g. KPS_REGION=cn-north-4")
         if bool(self.ak) != bool(self.sk) and not self.auth_token:
             missing = "CLOUD_SDK_SK" if self.ak else "CLOUD_SDK_AK"
-            raise SettingsError(f"{missing} is not set: AK/SK signing needs both CLOUD_SDK_AK and CLOUD_SDK_SK")
+            raise SettingsError(
+                f"{missing} is not set: AK/SK signing needs both CLOUD_SDK_AK and CLOUD_SDK_SK"
+            )
         if not self.auth_kind:
             raise SettingsError(
                 "no KPS credentials: set CLOUD_SDK_AK and CLOUD_SDK_SK (recommended) or KPS_AUTH_TOKEN"
@@ -90,11 +99,15 @@ class Settings:
 
     def require_slack(self) -> Settings:
         if not self.slack_bot_token:
-            raise SettingsError("SLACK_BOT_TOKEN is not set: copy the xoxb-… token from the Slack app's "
-                                "OAuth & Permissions page")
+            raise SettingsError(
+                "SLACK_BOT_TOKEN is not set: copy the xoxb-… token from the Slack app's "
+                "OAuth & Permissions page"
+            )
         if not self.slack_app_token and not self.slack_signing_secret:
-            raise SettingsError("SLACK_SIGNING_SECRET is not set: copy it from the Slack app's Basic "
-                                "Information page (or set SLACK_APP_TOKEN for Socket Mode)")
+            raise SettingsError(
+                "SLACK_SIGNING_SECRET is not set: copy it from the Slack app's Basic "
+                "Information page (or set SLACK_APP_TOKEN for Socket Mode)"
+            )
         return self
 
     @property
@@ -192,8 +205,10 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         raise SettingsError(f"KPSBOT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     channel = _str(env, "KPSBOT_CHANNEL")
     if channel and not re.fullmatch(r"[CGD][A-Z0-9]+", channel):
-        raise SettingsError("KPSBOT_CHANNEL must be a channel ID like C0123ABCDEF "
-                            "(right-click the channel > View channel details)")
+        raise SettingsError(
+            "KPSBOT_CHANNEL must be a channel ID like C0123ABCDEF "
+            "(right-click the channel > View channel details)"
+        )
     api_url = _url(env, "SLACK_API_URL", "https://slack.com/api/")
     return Settings(
         project_id=_str(env, "KPS_PROJECT_ID"),

@@ -23,12 +23,24 @@ def sim():
 def run_cli(args, tmp_path, env=None, timeout=60):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK"))}
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "kpsbot", *args], cwd=tmp_path, env=base,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "kpsbot", *args],
+        cwd=tmp_path,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def kps_env(sim, **extra):
-    return {"KPS_ENDPOINT": sim.url, "KPS_PROJECT_ID": PROJECT, "CLOUD_SDK_AK": AK, "CLOUD_SDK_SK": SK, **extra}
+    return {
+        "KPS_ENDPOINT": sim.url,
+        "KPS_PROJECT_ID": PROJECT,
+        "CLOUD_SDK_AK": AK,
+        "CLOUD_SDK_SK": SK,
+        **extra,
+    }
 
 
 def test_all_json_returns_every_unique_task(sim, tmp_path):
@@ -39,8 +51,14 @@ def test_all_json_returns_every_unique_task(sim, tmp_path):
     body = json.loads(result.stdout)
     ids = [t["task_id"] for t in body["tasks"]]
     assert body["total"] == 2345 and len(set(ids)) == 2345
-    assert set(body["tasks"][0]) == {"task_id", "operate_type", "task_time", "server_name", "server_id",
-                                     "keypair_name"}
+    assert set(body["tasks"][0]) == {
+        "task_id",
+        "operate_type",
+        "task_time",
+        "server_name",
+        "server_id",
+        "keypair_name",
+    }
 
 
 def test_table_shows_page_and_total(sim, tmp_path):
@@ -101,8 +119,15 @@ def test_unreachable_endpoint_exit_1(tmp_path):
         ({}, "KPS_PROJECT_ID"),
         ({"KPS_PROJECT_ID": "p", "KPS_AUTH_TOKEN": "t"}, "KPS_REGION"),
         ({"KPS_PROJECT_ID": "p", "KPS_REGION": "cn-north-4"}, "CLOUD_SDK_AK"),
-        ({"KPS_PROJECT_ID": "p", "KPS_REGION": "cn-north-4", "KPS_AUTH_TOKEN": "t", "KPSBOT_PAGE_SIZE": "x"},
-         "KPSBOT_PAGE_SIZE"),
+        (
+            {
+                "KPS_PROJECT_ID": "p",
+                "KPS_REGION": "cn-north-4",
+                "KPS_AUTH_TOKEN": "t",
+                "KPSBOT_PAGE_SIZE": "x",
+            },
+            "KPSBOT_PAGE_SIZE",
+        ),
     ],
 )
 def test_missing_or_bad_setting_exit_2_one_line(tmp_path, env, name):

@@ -4,13 +4,25 @@ import pytest
 
 from kpsbot.settings import Settings, SettingsError, read_environment, settings_from
 
-BASE = {"KPS_PROJECT_ID": "p1", "KPS_REGION": "cn-north-4", "CLOUD_SDK_AK": "AKEXAMPLE", "CLOUD_SDK_SK": "SKEXAMPLE"}
+BASE = {
+    "KPS_PROJECT_ID": "p1",
+    "KPS_REGION": "cn-north-4",
+    "CLOUD_SDK_AK": "AKEXAMPLE",
+    "CLOUD_SDK_SK": "SKEXAMPLE",
+}
 
 
 def test_defaults_and_region_endpoint():
     s = settings_from(BASE)
     assert s.endpoint == "https://kms.cn-north-4.myhuaweicloud.com"
-    assert (s.poll_seconds, s.page_size, s.burst, s.outage_polls, s.retention_days, s.port) == (30, 10, 5, 3, 30, 3000)
+    assert (s.poll_seconds, s.page_size, s.burst, s.outage_polls, s.retention_days, s.port) == (
+        30,
+        10,
+        5,
+        3,
+        30,
+        3000,
+    )
     assert s.db_path == "kpsbot.db" and s.slack_api_url == "https://slack.com/api/"
     assert s.require_kps().auth_kind == "aksk"
 
@@ -74,9 +86,15 @@ def test_slack_requirements():
 
 
 def test_repr_masks_every_secret():
-    secrets = {"CLOUD_SDK_AK": "AK-VISIBLE-1", "CLOUD_SDK_SK": "SK-VISIBLE-2", "CLOUD_SDK_SECURITY_TOKEN": "ST-3",
-               "KPS_AUTH_TOKEN": "TOK-4", "SLACK_BOT_TOKEN": "xoxb-5", "SLACK_SIGNING_SECRET": "SIGN-6",
-               "SLACK_APP_TOKEN": "xapp-7"}
+    secrets = {
+        "CLOUD_SDK_AK": "AK-VISIBLE-1",
+        "CLOUD_SDK_SK": "SK-VISIBLE-2",
+        "CLOUD_SDK_SECURITY_TOKEN": "ST-3",
+        "KPS_AUTH_TOKEN": "TOK-4",
+        "SLACK_BOT_TOKEN": "xoxb-5",
+        "SLACK_SIGNING_SECRET": "SIGN-6",
+        "SLACK_APP_TOKEN": "xapp-7",
+    }
     s = settings_from({**BASE, **secrets})
     for text in (repr(s), str(s), repr(s.kps_auth()), repr(s.kps_client())):
         for value in secrets.values():

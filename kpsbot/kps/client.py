@@ -214,9 +214,7 @@ class KpsClient:
         try:
             return self.session.get(url, params=params, timeout=self.timeout)
         except requests.Timeout:
-            raise KpsError(
-                f"KPS did not answer within {self.timeout[1]:g} s", error_code="timeout"
-            ) from None
+            raise KpsError(f"KPS did not answer within {self.timeout[1]:g} s", error_code="timeout") from None
         except requests.RequestException as exc:
             reason = type(exc).__name__
             raise KpsError(

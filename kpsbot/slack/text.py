@@ -80,3 +80,14 @@ def duration(delta: timedelta | float | None) -> str:
         return f"{hours}h {minutes}m" if minutes else f"{hours}h"
     days, hours = divmod(hours, 24)
     return f"{days}d {hours}h" if hours else f"{days}d"
+
+
+def inline(text: str | None, limit: int) -> str:
+    """One line of mrkdwn from KPS or a user: control characters dropped, escaped, cut."""
+    return safe(plain(text, 4 * limit + 16), limit)
+
+
+def code(text: str | None, limit: int) -> str:
+    """Inline code for IDs from KPS; backticks are replaced so the span cannot be broken."""
+    cleaned = inline((text or "").replace("`", "'"), limit)
+    return f"`{cleaned}`" if cleaned else "`?`"

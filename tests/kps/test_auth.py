@@ -60,8 +60,9 @@ def test_canonical_headers_trim_values_and_lowercase_names():
 
 def test_canonical_request_layout_and_empty_body_hash():
     headers = {"Host": "h", "X-Sdk-Date": "20260101T000000Z"}
-    canonical = auth.canonical_request("get", "/v3/p/running-tasks", [("limit", "1")], headers,
-                                       ["host", "x-sdk-date"])
+    canonical = auth.canonical_request(
+        "get", "/v3/p/running-tasks", [("limit", "1")], headers, ["host", "x-sdk-date"]
+    )
     assert canonical.split("\n") == [
         "GET",
         "/v3/p/running-tasks/",
@@ -149,4 +150,6 @@ def test_token_auth_sets_header_and_hides_token_in_repr():
     assert prepared.headers["X-Auth-Token"] == "tok-123456"
     assert prepared.headers["X-Project-Id"] == "p"
     assert "tok-123456" not in repr(TokenAuth("tok-123456"))
-    assert "SECRET" not in repr(AkSkAuth("AKID", "SECRET", "p")) and "AKID" not in repr(AkSkAuth("AKID", "SECRET", "p"))
+    assert "SECRET" not in repr(AkSkAuth("AKID", "SECRET", "p")) and "AKID" not in repr(
+        AkSkAuth("AKID", "SECRET", "p")
+    )

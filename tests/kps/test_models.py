@@ -71,10 +71,19 @@ def test_unknown_operate_type_kept_as_is():
 
 
 def test_failed_task_carries_error():
-    task = FailedTask.from_api({"task_id": "t", "operate_type": "FAILED_UNBIND", "task_error_code": "KPS.2003",
-                                "task_error_msg": "server is not running"})
-    assert (task.action, task.task_error_code, task.task_error_msg) == ("UNBIND", "KPS.2003",
-                                                                        "server is not running")
+    task = FailedTask.from_api(
+        {
+            "task_id": "t",
+            "operate_type": "FAILED_UNBIND",
+            "task_error_code": "KPS.2003",
+            "task_error_msg": "server is not running",
+        }
+    )
+    assert (task.action, task.task_error_code, task.task_error_msg) == (
+        "UNBIND",
+        "KPS.2003",
+        "server is not running",
+    )
 
 
 @pytest.mark.parametrize(
