@@ -73,7 +73,7 @@ def build_session(retries: int = 3, backoff: float = 0.5, pool_size: int = 16) -
     retry = _BoundedRetry(
         total=retries,
         connect=retries,
-        read=0,  # a read timeout means KPS is slow: retrying would multiply the wait
+        read=False,  # re-raise read timeouts as they are: retrying a slow KPS would multiply the wait
         status=retries,
         status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=frozenset({"GET"}),
