@@ -14,7 +14,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from kpsbot.kps.auth import TokenAuth
-from kpsbot.kps.models import FailedTask, MalformedTask, RunningTask, TaskPage, TaskStatus
+from kpsbot.kps.models import FailedTask, MalformedTask, RunningTask, TaskPage, TaskRecords, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,24 @@ class KpsClient:
     def all_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
         return self._collect(self.list_failed_tasks, page_size)
 
+    def running_task_records(self, page_size: int = API_PAGE_LIMIT) -> TaskRecords:
+        """Every running task keyed by task_id, parsed lazily: the watcher's cheap path."""
+        index = TaskRecords({})
+        offset = 0
+        for _ in range(MAX_PAGES):
+            total, rows = self._rows("running-tasks", page_size, offset)
+            for row in rows:
+                try:
+                    index.add(row)
+                except MalformedTask as exc:
+                    log.warning("skipping a running-tasks row that cannot be parsed: %s", exc)
+                    index.skipped.append(row)
+            offset += len(rows)
+            if not rows or offset >= total:
+                return index
+        log.warning("stopped paging after %d pages; KPS reported total=%s", MAX_PAGES, total)
+        return index
+
     def _collect(self, fetch: Callable[[int, int], TaskPage], page_size: int) -> TaskPage:
         skipped: list = []
         tasks = list(self._walk(fetch, page_size, skipped))
@@ -179,6 +197,18 @@ class KpsClient:
     # -- HTTP ---------------------------------------------------------------------
 
     def _page(self, resource: str, model: type, limit: int, offset: int) -> TaskPage:
+        total, rows = self._rows(resource, limit, offset)
+        tasks, skipped = [], []
+        for row in rows:
+            try:
+                tasks.append(model.from_api(row))
+            except MalformedTask as exc:
+                log.warning("skipping a %s row that cannot be parsed: %s", resource, exc)
+                skipped.append(row)
+        return TaskPage(total=total, tasks=tasks, skipped=skipped)
+
+    def _rows(self, resource: str, limit: int, offset: int) -> tuple[int, list]:
+        """One page's `total` and raw `tasks`, with the body's shape checked."""
         body = self._get(resource, {"limit": str(limit), "offset": str(offset)})
         total = body.get("total") if isinstance(body, dict) else None
         rows = body.get("tasks") if isinstance(body, dict) else None
@@ -189,14 +219,7 @@ class KpsClient:
                 f"KPS returned {resource} of the wrong shape (expected total and tasks): "
                 f"{_excerpt(json.dumps(body))}"
             )
-        tasks, skipped = [], []
-        for row in rows:
-            try:
-                tasks.append(model.from_api(row))
-            except MalformedTask as exc:
-                log.warning("skipping a %s row that cannot be parsed: %s", resource, exc)
-                skipped.append(row)
-        return TaskPage(total=max(total, 0), tasks=tasks, skipped=skipped)
+        return max(total, 0), rows
 
     def _get(self, resource: str, params: dict[str, str] | None = None) -> Any:
         url = f"{self.endpoint}/v3/{quote(self.project_id, safe='')}/{resource}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -132,3 +133,36 @@ class TaskPage:
     total: int
     tasks: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+
+
+class TaskRecords(Mapping):
+    """Running tasks by task_id, kept as the API's raw records; a RunningTask is built on access.
+
+    A poll of 100,000 unchanged tasks only compares ids, so it should not build 100,000 objects.
+    """
+
+    def __init__(self, records: dict[str, dict], skipped: list | None = None) -> None:
+        self.records = records
+        self.skipped = skipped if skipped is not None else []
+
+    def __getitem__(self, task_id: str) -> RunningTask:
+        return RunningTask.from_api(self.records[task_id])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def keys(self):  # a real dict view: set operations on it run in C
+        return self.records.keys()
+
+    def add(self, row: object) -> None:
+        """Index one raw row (first copy of an id wins); rows that cannot be used go to `skipped`."""
+        if type(row) is dict:
+            task_id = row.get("task_id")
+            if type(task_id) is str and task_id and task_id.strip() == task_id:
+                self.records.setdefault(task_id, row)
+                return
+        task = RunningTask.from_api(row)  # coerces odd ids, or raises MalformedTask
+        self.records.setdefault(task.task_id, task.to_api())

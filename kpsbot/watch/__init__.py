@@ -1,0 +1,1 @@
+"""The watcher: poll KPS, diff with the stored snapshot, store events and outbox entries, deliver them."""

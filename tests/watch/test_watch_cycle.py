@@ -1,0 +1,306 @@
+"""Poll cycles against the KPS simulator and a fake Slack Web API, as a channel member would see them."""
+
+from __future__ import annotations
+
+import json
+
+from support.fake_slack import assert_valid_message
+
+from kpsbot.store import Store
+from kpsbot.watch.cycle import Watcher
+
+from .conftest import CHANNEL
+
+
+def posts(slack):
+    return slack.calls_to("chat.postMessage")
+
+
+def body(call) -> dict:
+    return {"text": call["args"]["text"], "blocks": call["args"]["blocks"]}
+
+
+def all_text(call) -> str:
+    return call["args"]["text"] + json.dumps(call["args"].get("blocks"), ensure_ascii=False)
+
+
+def assert_all_valid(slack) -> None:
+    for call in slack.calls:
+        if call["method"] in ("chat.postMessage", "chat.update"):
+            assert_valid_message(body(call))
+
+
+def test_baseline_posts_one_summary_and_no_starts(sim, slack, make_watcher):
+    for i in range(3):
+        sim.add_task(server_name=f"web-{i}")
+    report = make_watcher().run_cycle()
+    assert report.ok and report.baseline and report.tasks == 3
+    [summary] = posts(slack)
+    assert "Watching project" in summary["args"]["text"] and "3 tasks already running" in all_text(summary)
+    assert "cn-north-4" in summary["args"]["text"]
+    assert_all_valid(slack)
+
+
+def test_start_is_posted_once_and_ts_kept_for_the_thread(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task(operate_type="RUNNING_REPLACE", server_name="db-01", keypair_name="prod-kp")
+    report = watcher.run_cycle()
+    assert (report.started, report.delivered, report.pending) == (1, 1, 0)
+    start = posts(slack)[-1]
+    assert "Replace started on db-01" in start["args"]["text"]
+    assert task["task_id"] in all_text(start) and "prod-kp" in all_text(start)
+    assert watcher.store.task(task["task_id"]).start_ts is not None
+    watcher.run_cycle()
+    assert len(posts(slack)) == 2  # baseline + start: nothing new on an unchanged poll
+    assert_all_valid(slack)
+
+
+def test_success_and_failure_reply_in_thread_and_edit_the_start(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    ok = sim.add_task(server_name="web-ok")
+    bad = sim.add_task(operate_type="RUNNING_UNBIND", server_name="web-bad")
+    watcher.run_cycle()
+    sim.finish_task(ok["task_id"], success=True)
+    sim.finish_task(
+        bad["task_id"], success=False, error_code="KPS.2003", error_msg="server <web-bad> is stopped"
+    )
+    report = watcher.run_cycle()
+    assert report.finished == 2 and report.pending == 0
+    replies = [c for c in posts(slack) if c["args"].get("thread_ts")]
+    assert len(replies) == 2
+    for reply in replies:
+        assert "reply_broadcast" not in reply["args"]
+    by_thread = {r["args"]["thread_ts"]: r for r in replies}
+    start_ts = {name: watcher.store.task(t["task_id"]).start_ts for name, t in (("ok", ok), ("bad", bad))}
+    assert "succeeded" in all_text(by_thread[start_ts["ok"]])
+    failed = all_text(by_thread[start_ts["bad"]])
+    assert "failed" in failed and "KPS.2003" in failed and "server &lt;web-bad&gt; is stopped" in failed
+    assert "<web-bad>" not in failed  # KPS text is escaped
+    edits = {c["args"]["ts"]: c for c in slack.calls_to("chat.update")}
+    assert set(edits) == set(start_ts.values())
+    assert ":white_check_mark:" in all_text(edits[start_ts["ok"]])
+    assert ":x:" in all_text(edits[start_ts["bad"]]) and "KPS.2003" in all_text(edits[start_ts["bad"]])
+    assert all(edit["args"]["channel"] == CHANNEL for edit in edits.values())
+    assert_all_valid(slack)
+
+
+def test_task_of_the_baseline_finishes_as_a_standalone_message(sim, slack, make_watcher):
+    task = sim.add_task(server_name="old-01")
+    watcher = make_watcher()
+    watcher.run_cycle()
+    sim.finish_task(task["task_id"], success=True)
+    watcher.run_cycle()
+    last = posts(slack)[-1]
+    assert "thread_ts" not in last["args"] and "old-01" in all_text(last) and "succeeded" in all_text(last)
+    assert slack.calls_to("chat.update") == []
+
+
+def test_hidden_but_running_task_is_not_finished(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task()
+    watcher.run_cycle()
+    sim.hide_task(task["task_id"])
+    report = watcher.run_cycle()
+    assert report.finished == 0 and len(posts(slack)) == 2
+    assert task["task_id"] in watcher.store.running_task_ids()
+    sim.finish_task(task["task_id"], success=True)
+    assert watcher.run_cycle().finished == 1
+
+
+def test_removed_task_finishes_with_unknown_outcome(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task()
+    watcher.run_cycle()
+    sim.remove_task(task["task_id"])
+    assert watcher.run_cycle().finished == 1
+    assert "outcome unknown" in all_text(posts(slack)[-1])
+
+
+def test_failed_poll_posts_nothing_and_next_good_poll_is_quiet(sim, slack, make_watcher):
+    watcher = make_watcher()
+    task = sim.add_task()
+    watcher.run_cycle()
+    sim.fail_next(1, status=503)
+    report = watcher.run_cycle()
+    assert not report.ok and "503" in report.error
+    assert task["task_id"] in watcher.store.running_task_ids()
+    sim.fail_next(1, kind="nonjson")
+    assert not watcher.run_cycle().ok
+    report = watcher.run_cycle()
+    assert report.ok and (report.started, report.finished) == (0, 0)
+    assert len(posts(slack)) == 1  # the baseline only
+    assert watcher.store.last_poll().ok
+
+
+def test_slack_500_then_recovery_posts_exactly_once(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task(server_name="web-500")
+    slack.fail_next(3, status=500)  # outlasts the client's own retries
+    report = watcher.run_cycle()
+    assert (report.delivered, report.pending) == (0, 1)
+    watcher.run_cycle()  # backoff not over yet: no new attempt
+    assert len(slack.failed_calls) == 3
+    clock.advance(60)
+    report = watcher.run_cycle()
+    assert (report.delivered, report.pending) == (1, 0)
+    starts = [c for c in posts(slack) if task["task_id"] in all_text(c)]
+    assert len(starts) == 1
+    clock.advance(3600)
+    watcher.run_cycle()
+    assert len([c for c in posts(slack) if task["task_id"] in all_text(c)]) == 1
+
+
+def test_slack_429_is_retried_after_retry_after(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    sim.add_task(server_name="web-429")
+    slack.fail_next(1, status=429, retry_after=1)
+    report = watcher.run_cycle()  # the client waits Retry-After once and succeeds
+    assert (report.delivered, report.pending) == (1, 0)
+    slack.fail_next(5, status=429, retry_after=1)
+    sim.add_task(server_name="web-429b")
+    report = watcher.run_cycle()
+    assert report.pending == 1
+    clock.advance(120)
+    slack.fail_next(0)
+    for _ in range(3):
+        clock.advance(600)
+        watcher.run_cycle()
+    texts = [c["args"]["text"] for c in posts(slack)]
+    assert sum(t.endswith("web-429b") for t in texts) == 1 and sum(t.endswith("web-429") for t in texts) == 1
+
+
+def test_permanent_slack_error_is_marked_failed_not_retried(sim, slack, make_watcher, clock, caplog):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    sim.add_task()
+    slack.fail_next(1, error="not_in_channel")
+    report = watcher.run_cycle()
+    assert report.failed_deliveries == 1 and report.pending == 0
+    assert "not_in_channel" in caplog.text and any(r.levelname == "ERROR" for r in caplog.records)
+    assert watcher.store.last_delivery_error() == "not_in_channel"
+    clock.advance(7200)
+    watcher.run_cycle()
+    assert len(slack.failed_calls) == 1 and len(posts(slack)) == 1
+
+
+def test_thousand_starts_make_one_summary(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    kinds = ("RUNNING_RESET", "RUNNING_REPLACE", "RUNNING_UNBIND")
+    for i in range(1000):
+        sim.add_task(operate_type=kinds[i % 3], server_name=f"web-{i:04d}")
+    report = watcher.run_cycle()
+    assert report.started == 1000
+    assert len(posts(slack)) <= 3
+    summary = posts(slack)[-1]
+    text = all_text(summary)
+    assert "1,000 key-pair tasks started" in text and "…and 990 more" in text and "334 Reset" in text
+    assert_all_valid(slack)
+
+
+def test_many_finishes_make_one_summary_and_still_edit_start_messages(sim, slack, make_watcher):
+    watcher = make_watcher(burst=3)
+    watcher.run_cycle()
+    tasks = [sim.add_task(server_name=f"web-{i}") for i in range(3)]
+    watcher.run_cycle()  # 3 starts: one message each
+    more = [sim.add_task(server_name=f"db-{i}") for i in range(2)]
+    watcher.run_cycle()
+    for t in tasks + more:
+        sim.finish_task(t["task_id"], success=t is not tasks[0])
+    report = watcher.run_cycle()
+    assert report.finished == 5
+    summary = posts(slack)[-1]
+    assert "5 key-pair tasks finished" in all_text(summary) and "thread_ts" not in summary["args"]
+    assert len(slack.calls_to("chat.update")) == 5
+    assert_all_valid(slack)
+
+
+def test_outage_then_recovery_one_message_each(sim, slack, make_watcher):
+    watcher = make_watcher(outage_polls=3)
+    watcher.run_cycle()
+    for _ in range(6):
+        sim.fail_next(1, status=502)
+        assert not watcher.run_cycle().ok
+    outage = [c for c in posts(slack) if "unreachable" in c["args"]["text"]]
+    assert len(outage) == 1 and "502" in all_text(outage[0])
+    watcher.run_cycle()
+    watcher.run_cycle()
+    recovered = [c for c in posts(slack) if "reachable again" in c["args"]["text"]]
+    assert len(recovered) == 1 and len(posts(slack)) == 3
+    assert_all_valid(slack)
+
+
+def test_rejected_credentials_are_named(sim, slack, make_watcher):
+    watcher = make_watcher(outage_polls=1)
+    watcher.run_cycle()
+    sim.fail_next(
+        1, status=401, body={"error_code": "APIGW.0301", "error_msg": "Incorrect IAM authentication"}
+    )
+    watcher.run_cycle()
+    assert "KPS rejected kpsbot's credentials" in posts(slack)[-1]["args"]["text"]
+
+
+def test_short_outage_is_not_announced(sim, slack, make_watcher):
+    watcher = make_watcher(outage_polls=3)
+    watcher.run_cycle()
+    sim.fail_next(2, status=500)
+    watcher.run_cycle()
+    watcher.run_cycle()
+    watcher.run_cycle()
+    assert len(posts(slack)) == 1
+
+
+def test_new_store_on_same_database_repeats_nothing(sim, slack, make_watcher):
+    first = make_watcher()
+    first.run_cycle()
+    task = sim.add_task()
+    first.run_cycle()
+    first.store.close()
+    second = make_watcher()
+    report = second.run_cycle()
+    assert (report.baseline, report.started, report.delivered) == (False, 0, 0)
+    sim.finish_task(task["task_id"], success=True)
+    second.run_cycle()
+    assert len([c for c in posts(slack) if c["args"].get("thread_ts")]) == 1
+    assert len(posts(slack)) == 3
+
+
+def test_finish_waits_for_its_start_message(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task()
+    slack.fail_next(3, status=500)
+    watcher.run_cycle()
+    sim.finish_task(task["task_id"], success=True)
+    watcher.run_cycle()  # start still backing off: the reply must wait for its thread
+    assert posts(slack)[1:] == []
+    clock.advance(120)
+    watcher.run_cycle()
+    start, reply = posts(slack)[1:]
+    assert reply["args"]["thread_ts"] == watcher.store.task(task["task_id"]).start_ts
+    assert len(slack.calls_to("chat.update")) == 1
+
+
+def test_without_slack_events_are_still_recorded(sim, kps, db_path, clock):
+    with Store(db_path) as store:
+        watcher = Watcher(kps, store, None, clock=clock)
+        watcher.run_cycle()
+        sim.add_task()
+        report = watcher.run_cycle()
+        assert report.started == 1 and report.pending == 2  # the baseline summary and the start
+        assert [e["kind"] for e in store.events()] == ["started"]
+
+
+def test_unparseable_rows_are_counted_in_the_poll(sim, slack, make_watcher):
+    watcher = make_watcher()
+    sim.fail_next(1, status=200, body={"total": 2, "tasks": [{"no": "id"}, {"task_id": "t-ok"}]})
+    report = watcher.run_cycle()
+    assert report.tasks == 1
+    assert report.skipped_rows == 1 and watcher.store.last_poll().skipped_rows == 1
+    assert "1 unreadable rows skipped" in report.summary()

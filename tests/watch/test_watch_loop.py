@@ -1,0 +1,65 @@
+"""The background watcher loop: lease between two processes, survives errors, stops cleanly."""
+
+from __future__ import annotations
+
+import time
+
+from kpsbot.store import Store
+from kpsbot.watch.loop import WatcherLoop
+
+
+class CountingWatcher:
+    def __init__(self, fail: bool = False) -> None:
+        self.cycles = 0
+        self.fail = fail
+
+    def run_cycle(self):
+        self.cycles += 1
+        if self.fail:
+            raise RuntimeError("boom")
+        from kpsbot.watch.cycle import CycleReport
+
+        return CycleReport(ok=True)
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_only_the_lease_holder_runs_cycles_and_the_other_takes_over(tmp_path):
+    path = tmp_path / "k.db"
+    with Store(path) as store_a, Store(path) as store_b:
+        wa, wb = CountingWatcher(), CountingWatcher()
+        a = WatcherLoop(wa, store_a, interval=0.02, owner="a", lease_ttl=5).start()
+        wait_until(lambda: wa.cycles >= 2)
+        b = WatcherLoop(wb, store_b, interval=0.02, owner="b", lease_ttl=5).start()
+        wait_until(lambda: wa.cycles >= 6)
+        assert wb.cycles == 0 and a.is_leader and not b.is_leader
+        a.stop()
+        wait_until(lambda: wb.cycles >= 2)  # a clean stop releases the lease at once
+        assert b.is_leader and a.last_success is not None
+        b.stop()
+        assert store_a.lease_holder() is None
+
+
+def test_expired_lease_is_taken_over(tmp_path):
+    path = tmp_path / "k.db"
+    with Store(path) as store:
+        assert store.acquire_lease("crashed", ttl=0.2)
+        watcher = CountingWatcher()
+        loop = WatcherLoop(watcher, store, interval=0.02, owner="b").start()
+        wait_until(lambda: watcher.cycles >= 1)
+        loop.stop()
+
+
+def test_a_failing_cycle_does_not_kill_the_thread(tmp_path, caplog):
+    with Store(tmp_path / "k.db") as store:
+        watcher = CountingWatcher(fail=True)
+        loop = WatcherLoop(watcher, store, interval=0.01, owner="a").start()
+        wait_until(lambda: watcher.cycles >= 3)
+        assert loop.running and loop.last_success is None and "boom" in caplog.text
+        loop.stop()
+        assert not loop.running
