@@ -38,8 +38,15 @@ class SecretFilter(logging.Filter):
 def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    secrets = [settings.ak, settings.sk, settings.security_token, settings.auth_token,
-               settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token]
+    secrets = [
+        settings.ak,
+        settings.sk,
+        settings.security_token,
+        settings.auth_token,
+        settings.slack_bot_token,
+        settings.slack_signing_secret,
+        settings.slack_app_token,
+    ]
     handler.addFilter(SecretFilter([s for s in secrets if s]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -101,13 +108,17 @@ def kps_failure(exc) -> None:
 
 
 @cli.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=None,
-              help="Rows to fetch (1-1000; default: the page size, KPSBOT_PAGE_SIZE).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Rows to skip.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Rows to fetch (1-1000; default: the page size, KPSBOT_PAGE_SIZE).",
+)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Rows to skip.")
 @click.option("--all", "fetch_all", is_flag=True, help="Fetch every page (ignores --limit/--offset).")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"total": N, "tasks": [...]} with the API\'s field names.')
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"total": N, "tasks": [...]} with the API\'s field names.'
+)
 @pass_context
 def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json: bool) -> None:
     """Print the key-pair tasks running now."""
@@ -127,8 +138,88 @@ def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json
         out = {"total": page.total, "tasks": [t.to_api() for t in page.tasks]}
         click.echo(json.dumps(out, ensure_ascii=False))
         return
-    click.echo(render_task_table(page.tasks, page.total, 0 if fetch_all else offset,
-                                 now=datetime.now(timezone.utc)))
+    click.echo(
+        render_task_table(page.tasks, page.total, 0 if fetch_all else offset, now=datetime.now(timezone.utc))
+    )
+
+
+# -- kpsbot watch ------------------------------------------------------------------
+
+
+def open_store(settings: Settings):
+    """The SQLite store at KPSBOT_DB; a file that cannot be opened is a settings problem (exit 2)."""
+    import sqlite3
+
+    from kpsbot.store import Store
+
+    try:
+        return Store(settings.db_path)
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        fail(f"cannot open KPSBOT_DB {settings.db_path}: {exc}", EXIT_USAGE)
+
+
+@cli.command()
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run one poll cycle, print a one-line summary and exit (1 when the poll failed).",
+)
+@pass_context
+def watch(ctx: Context, once: bool) -> None:
+    """Poll KPS, store task starts and finishes, and post them to KPSBOT_CHANNEL.
+
+    Without KPSBOT_CHANNEL the notifications are printed here instead. Without
+    --once it polls every KPSBOT_POLL_SECONDS until Ctrl-C.
+    """
+    from kpsbot.watch.cycle import Watcher
+    from kpsbot.watch.delivery import ConsoleSender, sender_for
+
+    settings = ctx.require("kps")
+    if settings.channel and not settings.slack_bot_token:
+        fail(
+            "KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token, or unset the channel "
+            "to print notifications here",
+            EXIT_USAGE,
+        )
+    store = open_store(settings)
+    sender = sender_for(settings) or ConsoleSender(sys.stdout)
+    watcher = Watcher(
+        settings.kps_client(),
+        store,
+        sender,
+        burst=settings.burst,
+        outage_polls=settings.outage_polls,
+        project_id=settings.project_id,
+        location=settings.location,
+        retention_days=settings.retention_days,
+    )
+    if not once:
+        run_watcher_alone(watcher, store, settings)
+        return
+    failed_before = store.failed_deliveries()
+    report = watcher.run_cycle()
+    click.echo(report.summary())
+    if report.failed_deliveries > failed_before:
+        fail(f"Slack refused a notification: {store.last_delivery_error()}", EXIT_FAILED)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+def run_watcher_alone(watcher, store, settings: Settings) -> None:
+    """The watcher loop in the foreground until SIGINT/SIGTERM; the lease is released on the way out."""
+    import signal
+    import threading
+
+    from kpsbot.watch.loop import WatcherLoop
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    loop = WatcherLoop(watcher, store, interval=settings.poll_seconds).start()
+    log.info("watching project %s every %d s (Ctrl-C stops)", settings.project_id, settings.poll_seconds)
+    stop.wait()
+    loop.stop()
+    store.close()
 
 
 # -- kpsbot simulate ---------------------------------------------------------------
@@ -136,12 +227,28 @@ def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True,
-              help="Port to listen on (0 picks a free one).")
-@click.option("--tasks", "task_count", type=click.IntRange(min=0), default=25, show_default=True,
-              help="Tasks running at start.")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.2, show_default=True,
-              help="New tasks started per second (0: a static snapshot).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8443,
+    show_default=True,
+    help="Port to listen on (0 picks a free one).",
+)
+@click.option(
+    "--tasks",
+    "task_count",
+    type=click.IntRange(min=0),
+    default=25,
+    show_default=True,
+    help="Tasks running at start.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.2,
+    show_default=True,
+    help="New tasks started per second (0: a static snapshot).",
+)
 @click.option("--seed", type=int, default=None, help="Random seed, for reproducible runs.")
 @click.option("--project-id", default=None, help="Project to serve (default: KPS_PROJECT_ID).")
 @click.option("--ak", default=None, help="AK to accept (default: CLOUD_SDK_AK).")
@@ -169,6 +276,42 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
         serve(host, port, sim)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
+
+
+# -- kpsbot run --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address for the HTTP server (HTTP mode, or /healthz in Socket Mode when PORT is set).",
+)
+@pass_context
+def run(ctx: Context, host: str) -> None:
+    """Run the bot: Socket Mode if SLACK_APP_TOKEN is set, else HTTP on PORT; stops on SIGTERM/SIGINT."""
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackApiError, SlackClientError
+
+    from kpsbot.slack.app import build_app
+    from kpsbot.slack.server import serve
+    from kpsbot.slack.workers import WorkerPool
+
+    settings = ctx.require("kps", "slack")
+    kps = settings.kps_client()
+    work = WorkerPool()
+
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "mode": "socket" if settings.socket_mode else "http"}
+
+    try:
+        app = build_app(settings, kps, executor=work)
+        serve(app, settings, health=health, background=[work], host=host)
+    except (BoltError, SlackApiError, SlackClientError) as exc:
+        fail(f"Slack refused to start the bot: {str(exc).splitlines()[0]}", EXIT_FAILED)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}", EXIT_USAGE)
 
 
 def main() -> None:

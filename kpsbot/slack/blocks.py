@@ -1,0 +1,195 @@
+"""Block Kit for `/kps-tasks`: task pages, one task's status, help and error replies (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from kpsbot.kps.client import KpsError
+from kpsbot.kps.models import RunningTask, TaskStatus, parse_operate_type
+from kpsbot.slack.paging import PageRef, encode_page_value
+from kpsbot.slack.query import Query
+from kpsbot.slack.text import (
+    MAX_BLOCKS,
+    MESSAGE_TEXT,
+    action_emoji,
+    action_label,
+    code,
+    date_token,
+    duration,
+    inline,
+    plain,
+)
+
+PREV, NEXT, REFRESH = "kps_tasks_prev", "kps_tasks_next", "kps_tasks_refresh"
+PAGING_BLOCK = "kps_tasks_paging"
+FIXED_BLOCKS = 4  # header, context, summary, buttons
+MAX_TASK_SECTIONS = MAX_BLOCKS - FIXED_BLOCKS
+
+NAME = 200  # characters of a server or key pair name shown
+ID = 100
+ERROR_MSG = 500
+
+STATE_WORDS = {
+    "READY": (":hourglass_flowing_sand:", "Waiting to start"),
+    "RUNNING": (":arrows_clockwise:", "Running"),
+    "SUCCESS": (":white_check_mark:", "Succeeded"),
+    "FAILED": (":x:", "Failed"),
+}
+
+COMMAND = "/kps-tasks"
+HELP_LINES = (
+    f"`{COMMAND}` – key-pair tasks running now",
+    f"`{COMMAND} reset` · `replace` · `unbind` – only that kind of task",
+    f"`{COMMAND} web-01` – tasks whose server name, server ID, key pair or task ID contain the text",
+    f"`{COMMAND} reset web-` – both filters at once",
+    f"`{COMMAND} failed` – failed tasks and their errors (filters work here too)",
+    f"`{COMMAND} status &lt;task_id&gt;` – one task's status",
+    f"`{COMMAND} help` – this message",
+)
+
+
+def _message(text: str, blocks: list[dict]) -> dict:
+    return {"text": plain(text, MESSAGE_TEXT), "blocks": blocks[:MAX_BLOCKS]}
+
+
+def _mrkdwn(text: str) -> dict:
+    return {"type": "mrkdwn", "text": text}
+
+
+def _header(text: str) -> dict:
+    return {"type": "header", "text": {"type": "plain_text", "text": plain(text, 150), "emoji": True}}
+
+
+def _context(*parts: str) -> dict:
+    return {"type": "context", "elements": [_mrkdwn(" · ".join(p for p in parts if p))]}
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": _mrkdwn(text)}
+
+
+def _where(project_id: str, location: str) -> str:
+    return f"Project {code(project_id, ID)} · {inline(location, ID) or 'unknown region'}"
+
+
+def _button(action_id: str, label: str, value: str) -> dict:
+    return {
+        "type": "button",
+        "action_id": action_id,
+        "text": {"type": "plain_text", "text": label, "emoji": True},
+        "value": value,
+    }
+
+
+def task_section(task: RunningTask, now: datetime) -> dict:
+    """One task: action with emoji, server name and ID, key pair, start time and age."""
+    started = task.started_at
+    lines = [
+        f"{action_emoji(task.action)} *{inline(action_label(task.action, task.operate_type), 60)}*"
+        f" · *{inline(task.server_name, NAME) or 'unnamed server'}* {code(task.server_id, ID)}",
+        f"Key pair *{inline(task.keypair_name, NAME) or '?'}* · started {date_token(started)}",
+    ]
+    error_code = getattr(task, "task_error_code", None)
+    error_msg = getattr(task, "task_error_msg", None)
+    if error_code is not None or error_msg is not None:
+        lines.append(f"Error {code(error_code, ID)}: {inline(error_msg, ERROR_MSG) or 'no message'}")
+    elif started is not None:
+        lines[1] += f" · running {duration(now - started)}"
+    lines.append(f"Task {code(task.task_id, ID)}")
+    return _section("\n".join(lines))
+
+
+def render_task_page(
+    tasks: Sequence[RunningTask],
+    total: int,
+    offset: int,
+    page_size: int,
+    query: Query,
+    project_id: str,
+    location: str,
+    now: datetime,
+) -> dict:
+    """A page of running (or failed) tasks with Previous / Next / Refresh buttons."""
+    kind = "failed" if query.failed else "running"
+    shown = list(tasks[: min(page_size, MAX_TASK_SECTIONS)])
+    wanted = inline(query.describe(), 300)
+    if shown:
+        first, last = offset + 1, offset + len(shown)
+        summary = f"Showing *{first}–{last}* of *{total}* {kind} tasks"
+        fallback = f"KPS {kind} tasks in project {project_id}: showing {first}–{last} of {total}"
+    elif total and offset >= total:
+        summary = f"This page is past the end: there are {total} {kind} tasks now. Press Refresh."
+        fallback = f"KPS {kind} tasks in project {project_id}: past the end of the list"
+    elif query.filtered:
+        summary = f"No {kind} tasks match {wanted}."
+        fallback = f"No {kind} KPS tasks in project {project_id} match the filter"
+    else:
+        summary = f"No {kind} tasks right now. :sparkles:" if kind == "running" else f"No {kind} tasks."
+        fallback = f"No {kind} KPS tasks in project {project_id}"
+    blocks = [
+        _header(f"{'Failed' if query.failed else 'Running'} KPS key-pair tasks"),
+        _context(
+            _where(project_id, location),
+            f"Filter: {wanted}" if wanted else "",
+            f"Updated {date_token(now, '%H:%M UTC')}",
+        ),
+        _section(summary),
+        *(task_section(task, now) for task in shown),
+    ]
+    buttons = []
+    if offset > 0:
+        previous = PageRef(query, max(0, min(offset, total) - page_size))
+        buttons.append(_button(PREV, "◀ Previous", encode_page_value(project_id, previous)))
+    if shown and offset + len(shown) < total:
+        following = PageRef(query, offset + len(shown))
+        buttons.append(_button(NEXT, "Next ▶", encode_page_value(project_id, following)))
+    buttons.append(_button(REFRESH, "Refresh", encode_page_value(project_id, PageRef(query, offset))))
+    blocks.append({"type": "actions", "block_id": PAGING_BLOCK, "elements": buttons})
+    return _message(fallback, blocks)
+
+
+def render_task_status(status: TaskStatus, project_id: str, location: str) -> dict:
+    state, action = parse_operate_type(status.task_status)
+    unknown = (":grey_question:", inline(status.task_status, 100) or "Unknown")
+    emoji, words = STATE_WORDS.get(state or "", unknown)
+    what = f" · {action_label(action)}" if action else ""
+    lines = [
+        f"{emoji} *{words}*{what}",
+        f"Task {code(status.task_id, ID)} · server {code(status.server_id, ID)}",
+    ]
+    blocks = [_header("KPS task status"), _context(_where(project_id, location)), _section("\n".join(lines))]
+    return _message(f"KPS task {status.task_id}: {words}", blocks)
+
+
+def render_help(problem: str = "") -> dict:
+    blocks = []
+    if problem:
+        blocks.append(_section(f":warning: {problem}"))
+    blocks.append(_section("*kpsbot* shows Huawei Cloud KPS key-pair tasks.\n" + "\n".join(HELP_LINES)))
+    usage = f"Usage: {COMMAND} [help | failed | status <task_id> | reset | replace | unbind | <text>]"
+    return _message(usage, blocks)
+
+
+def render_kps_error(exc: KpsError) -> dict:
+    """A short reply naming the KPS error code and request id; never a traceback."""
+    if exc.timed_out:
+        text = ":hourglass: KPS did not answer in time. Try again in a minute."
+    elif exc.error_code == "connection":
+        text = ":electric_plug: kpsbot cannot reach KPS right now. Try again in a minute."
+    elif exc.error_code or exc.error_msg:
+        text = f":warning: KPS refused the request: {code(exc.error_code, ID)} {inline(exc.error_msg, 300)}"
+    elif exc.status:
+        text = f":warning: KPS answered HTTP {exc.status}."
+    else:
+        text = ":warning: KPS sent an answer kpsbot cannot read."
+    if exc.status and (exc.error_code or exc.error_msg):
+        text += f" (HTTP {exc.status})"
+    if exc.request_id:
+        text += f" Request id {code(exc.request_id, ID)}."
+    return {"text": text}
+
+
+def render_notice(text: str) -> dict:
+    """A one-line ephemeral notice (refusals, bad buttons, internal errors); `text` is trusted mrkdwn."""
+    return {"text": text}

@@ -1,0 +1,68 @@
+"""The Slack app served for real on loopback, talking to the KPS simulator and a fake Slack."""
+
+from __future__ import annotations
+
+import pytest
+from support.fake_slack import FakeSlack
+from support.slack_requests import SECRET, Bot
+
+from kpsbot.kps.auth import AkSkAuth
+from kpsbot.kps.client import KpsClient
+from kpsbot.settings import settings_from
+from kpsbot.simulator import Simulator, SimulatorServer
+from kpsbot.slack.app import build_app
+from kpsbot.slack.server import HttpService, make_wsgi_app
+from kpsbot.slack.workers import WorkerPool
+
+BOT_TOKEN = "xoxb-test"
+PROJECT = "p1"
+
+
+@pytest.fixture
+def fake():
+    with FakeSlack() as slack:
+        yield slack
+
+
+def make_bot(fake: FakeSlack, sim_url: str, env: dict | None = None, kps_timeout: float = 6.0):
+    settings = settings_from(
+        {
+            "KPS_PROJECT_ID": PROJECT,
+            "KPS_REGION": "cn-north-4",
+            "KPS_ENDPOINT": sim_url,
+            "CLOUD_SDK_AK": "AK",
+            "CLOUD_SDK_SK": "SK",
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": fake.url,
+            **(env or {}),
+        }
+    )
+    kps = KpsClient(
+        sim_url, PROJECT, AkSkAuth("AK", "SK", PROJECT), retries=0, backoff=0, timeout=(1, kps_timeout)
+    )
+    work = WorkerPool(workers=8)
+    app = build_app(settings, kps, executor=work)
+    http = HttpService(make_wsgi_app(app, lambda: {"status": "ok", "version": "test"}), "127.0.0.1", 0)
+    http.start()
+    return http, work
+
+
+@pytest.fixture
+def start_bot(fake):
+    """start_bot(tasks=25, env={...}, kps_timeout=6.0) -> Bot; everything is stopped after the test."""
+    cleanup = []
+
+    def start(tasks: int = 25, env: dict | None = None, kps_timeout: float = 6.0) -> Bot:
+        sim = Simulator(project_id=PROJECT, ak="AK", sk="SK", tasks=tasks, seed=1, rate=0.0)
+        server = SimulatorServer(sim)
+        server.start()
+        cleanup.append(server.stop)
+        http, work = make_bot(fake, server.url, env, kps_timeout)
+        cleanup.append(lambda: http.stop(2))
+        cleanup.append(lambda: work.stop(2))
+        return Bot(f"http://127.0.0.1:{http.port}", sim, fake)
+
+    yield start
+    for stop in reversed(cleanup):
+        stop()

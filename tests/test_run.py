@@ -1,0 +1,151 @@
+"""`kpsbot run` as a real process: serves /kps-tasks and /healthz, stops cleanly on SIGTERM/SIGINT."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from support.fake_slack import FakeSlack, assert_valid_message
+from support.slack_requests import SECRET, Bot
+
+from kpsbot.simulator import Simulator, SimulatorServer
+
+PROJECT = "p-run"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def backends():
+    sim = Simulator(project_id=PROJECT, ak="AK", sk="SK", tasks=12, seed=2)
+    with SimulatorServer(sim) as server, FakeSlack() as fake:
+        yield sim, server.url, fake
+
+
+def environment(sim_url: str, fake: FakeSlack, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
+    env.update(
+        KPS_ENDPOINT=sim_url,
+        KPS_PROJECT_ID=PROJECT,
+        CLOUD_SDK_AK="AK",
+        CLOUD_SDK_SK="SK",
+        SLACK_BOT_TOKEN="xoxb-run",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=fake.url,
+        **extra,
+    )
+    return env
+
+
+def start(env: dict, cwd) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kpsbot", "run", "--host", "127.0.0.1"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).json()
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("kpsbot run did not serve /healthz in time")
+
+
+def stop_within(process: subprocess.Popen, signum: int, seconds: float = 10) -> tuple[int, float]:
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=seconds + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, time.monotonic() - started
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_http_mode_serves_a_page_and_stops_cleanly(backends, tmp_path, signum):
+    sim, sim_url, fake = backends
+    port = free_port()
+    process = start(environment(sim_url, fake, PORT=str(port)), tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_healthy(url, process)
+        assert health["status"] == "ok" and health["mode"] == "http" and health["version"]
+        bot = Bot(url, sim, fake)
+        ack = bot.command("", name="run")
+        assert ack.status == 200
+        page = bot.reply("run")
+        assert_valid_message(page)
+        assert "of *12*" in str(page)
+        sim.delay = 3.0  # a KPS call still in flight must not hold up the exit
+        bot.command("", name="inflight")
+        time.sleep(0.3)
+    finally:
+        code, seconds = stop_within(process, signum)
+    stderr = process.stderr.read()
+    assert code == 0, stderr
+    assert seconds < 10
+    assert "Traceback" not in stderr
+    assert "xoxb-run" not in stderr and SECRET not in stderr
+
+
+def test_socket_mode_serves_healthz_when_port_is_set_and_stops_cleanly(backends, tmp_path):
+    # The fake Slack has no WebSocket endpoint, so the Socket Mode client keeps trying to connect;
+    # /healthz is still served and SIGTERM still ends the process in time.
+    sim, sim_url, fake = backends
+    port = free_port()
+    env = environment(sim_url, fake, SLACK_APP_TOKEN="xapp-run", PORT=str(port))
+    del env["SLACK_SIGNING_SECRET"]
+    process = start(env, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_healthy(url, process)
+        assert health["mode"] == "socket"
+        assert requests.post(f"{url}/slack/events", data="x", timeout=5).status_code == 404
+    finally:
+        code, seconds = stop_within(process, signal.SIGTERM)
+    stderr = process.stderr.read()
+    assert code == 0, stderr
+    assert seconds < 10
+    assert "xapp-run" not in stderr and "xoxb-run" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        ("SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN"),
+        ("SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET"),
+        ("KPS_PROJECT_ID", "KPS_PROJECT_ID"),
+    ],
+)
+def test_missing_settings_exit_2_with_one_line(backends, tmp_path, drop, named):
+    sim, sim_url, fake = backends
+    env = environment(sim_url, fake)
+    del env[drop]
+    result = subprocess.run(
+        [sys.executable, "-m", "kpsbot", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0]
