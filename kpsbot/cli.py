@@ -158,6 +158,37 @@ def open_store(settings: Settings):
         fail(f"cannot open KPSBOT_DB {settings.db_path}: {exc}", EXIT_USAGE)
 
 
+def build_watcher(settings: Settings, kps, store, sender):
+    """The poll cycle for the configured project, posting through `sender` (None: record only)."""
+    from kpsbot.watch.cycle import Watcher
+
+    return Watcher(
+        kps,
+        store,
+        sender,
+        burst=settings.burst,
+        outage_polls=settings.outage_polls,
+        project_id=settings.project_id,
+        location=settings.location,
+        retention_days=settings.retention_days,
+    )
+
+
+def health_report(settings: Settings, store, loop) -> dict:
+    """What /healthz shows: the last successful poll and the state of the notification outbox."""
+    last = store.last_successful_poll()
+    return {
+        "status": "ok",
+        "version": __version__,
+        "mode": "socket" if settings.socket_mode else "http",
+        "watcher": "leader" if loop.is_leader else "standby",
+        "last_successful_poll": last.isoformat() if last else None,
+        "pending_notifications": store.pending_deliveries(),
+        "failed_notifications": store.failed_deliveries(),
+        "last_delivery_error": store.last_delivery_error(),
+    }
+
+
 @cli.command()
 @click.option(
     "--once",
@@ -171,7 +202,6 @@ def watch(ctx: Context, once: bool) -> None:
     Without KPSBOT_CHANNEL the notifications are printed here instead. Without
     --once it polls every KPSBOT_POLL_SECONDS until Ctrl-C.
     """
-    from kpsbot.watch.cycle import Watcher
     from kpsbot.watch.delivery import ConsoleSender, sender_for
 
     settings = ctx.require("kps")
@@ -183,16 +213,7 @@ def watch(ctx: Context, once: bool) -> None:
         )
     store = open_store(settings)
     sender = sender_for(settings) or ConsoleSender(sys.stdout)
-    watcher = Watcher(
-        settings.kps_client(),
-        store,
-        sender,
-        burst=settings.burst,
-        outage_polls=settings.outage_polls,
-        project_id=settings.project_id,
-        location=settings.location,
-        retention_days=settings.retention_days,
-    )
+    watcher = build_watcher(settings, settings.kps_client(), store, sender)
     if not once:
         run_watcher_alone(watcher, store, settings)
         return
@@ -297,21 +318,44 @@ def run(ctx: Context, host: str) -> None:
     from kpsbot.slack.app import build_app
     from kpsbot.slack.server import serve
     from kpsbot.slack.workers import WorkerPool
+    from kpsbot.watch.delivery import sender_for
+    from kpsbot.watch.loop import WatcherLoop
 
-    settings = ctx.require("kps", "slack")
+    settings = ctx.require("kps")
+    slack_wanted = bool(settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret)
+    if slack_wanted:
+        ctx.require("slack")
+    elif settings.channel:
+        fail("KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token", EXIT_USAGE)
     kps = settings.kps_client()
+    store = open_store(settings)
+    watcher = build_watcher(settings, kps, store, sender_for(settings))
+    if not slack_wanted:
+        log.warning(
+            "Slack settings are not present (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or "
+            "SLACK_APP_TOKEN): running the watcher only, /kps-tasks is not served"
+        )
+        run_watcher_alone(watcher, store, settings)
+        return
+    if not settings.channel:
+        log.info("KPSBOT_CHANNEL is not set: task starts and finishes are recorded, not posted")
+    loop = WatcherLoop(watcher, store, interval=settings.poll_seconds)
     work = WorkerPool()
-
-    def health() -> dict:
-        return {"status": "ok", "version": __version__, "mode": "socket" if settings.socket_mode else "http"}
-
     try:
-        app = build_app(settings, kps, executor=work)
-        serve(app, settings, health=health, background=[work], host=host)
+        app = build_app(settings, kps, store=store, executor=work)
+        serve(
+            app,
+            settings,
+            health=lambda: health_report(settings, store, loop),
+            background=[work, loop],
+            host=host,
+        )
     except (BoltError, SlackApiError, SlackClientError) as exc:
         fail(f"Slack refused to start the bot: {str(exc).splitlines()[0]}", EXIT_FAILED)
     except OSError as exc:
         fail(f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}", EXIT_USAGE)
+    finally:
+        store.close()
 
 
 def main() -> None:

@@ -149,3 +149,55 @@ def test_missing_settings_exit_2_with_one_line(backends, tmp_path, drop, named):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0]
+
+
+def wait_until(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_run_also_watches_posts_notifications_and_reports_the_poll(backends, tmp_path):
+    sim, sim_url, fake = backends
+    port = free_port()
+    env = environment(sim_url, fake, PORT=str(port), KPSBOT_CHANNEL="C0RUN", KPSBOT_POLL_SECONDS="1")
+    process = start(env, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        health = wait_until(
+            lambda: (h := requests.get(f"{url}/healthz", timeout=2).json())["last_successful_poll"] and h
+        )
+        assert health["watcher"] == "leader"
+        task = sim.add_task(server_name="run-started")
+        fake.wait_for_calls("chat.postMessage", 2, timeout=15)  # the baseline summary, then the start
+        texts = [str(c["args"]) for c in fake.calls_to("chat.postMessage")]
+        assert "12" in texts[0] and "run-started" in texts[1]
+        sim.finish_task(task["task_id"], success=True)
+        fake.wait_for_calls("chat.update", 1, timeout=15)
+    finally:
+        code, _ = stop_within(process, signal.SIGTERM)
+    assert code == 0, process.stderr.read()
+    assert all(c["args"]["channel"] == "C0RUN" for c in fake.calls_to("chat.postMessage"))
+
+
+def test_run_without_slack_settings_runs_the_watcher_alone(backends, tmp_path):
+    sim, sim_url, fake = backends
+    env = environment(sim_url, fake, KPSBOT_POLL_SECONDS="1", KPSBOT_DB=str(tmp_path / "alone.db"))
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
+        del env[name]
+    process = start(env, tmp_path)
+    try:
+        wait_until(lambda: (tmp_path / "alone.db").exists(), timeout=15)
+        time.sleep(1.5)
+        assert process.poll() is None
+    finally:
+        code, _ = stop_within(process, signal.SIGTERM)
+    stderr = process.stderr.read()
+    assert code == 0, stderr
+    assert "running the watcher only" in stderr
+    assert fake.calls_to("chat.postMessage") == []
