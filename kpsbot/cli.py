@@ -358,6 +358,34 @@ def run(ctx: Context, host: str) -> None:
         store.close()
 
 
+# -- kpsbot demo --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--duration", type=click.FloatRange(min=1), default=None, help="Stop after S seconds.")
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after N polls.")
+@click.option("--db", "db_path", default=None, help="SQLite file to use (default: a temporary one).")
+@click.option("--blocks", "show_blocks", is_flag=True, help="Also print each message's Block Kit JSON.")
+@click.option("--seed", type=int, default=None, help="Random seed for the simulated tasks.")
+@pass_context
+def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
+    """The whole job on this machine, no accounts needed: a KPS simulator, the watcher and the
+    notifications printed here (also posted to Slack when SLACK_BOT_TOKEN and KPSBOT_CHANNEL are
+    set; /kps-tasks served when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set too).
+
+    Runs until Ctrl-C, or the --duration / --cycles bound.
+    """
+    from kpsbot.demo import DemoOptions, run_demo
+
+    settings = ctx.settings
+    if settings.channel and not settings.slack_bot_token:
+        fail("KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token", EXIT_USAGE)
+    options = DemoOptions(
+        duration=duration, cycles=cycles, db_path=db_path, show_blocks=show_blocks, seed=seed
+    )
+    sys.exit(run_demo(settings, options, sys.stdout))
+
+
 def main() -> None:
     cli(prog_name="kpsbot")
 

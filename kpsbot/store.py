@@ -255,7 +255,13 @@ class Store:
             for version in range(current + 1, target + 1):
                 MIGRATIONS[version - 1](self.db)
                 self.db["schema_version"].insert({"version": version, "migrated_at": time.time()})
-                log.info("migrated %s to schema version %d", self.path, version)
+                # a new file is simply created; only upgrades of an existing one are news
+                log.log(
+                    logging.INFO if current else logging.DEBUG,
+                    "migrated %s to schema version %d",
+                    self.path,
+                    version,
+                )
 
     # -- snapshot ----------------------------------------------------------------------
 

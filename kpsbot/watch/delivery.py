@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import sys
@@ -79,8 +80,15 @@ class ConsoleSender:
 
     channel = "console"
 
-    def __init__(self, stream: IO[str] | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        show_blocks: bool = False,
+    ) -> None:
         self.stream = stream
+        self.show_blocks = show_blocks
         self._clock = clock
         self._seq = itertools.count(1)
         self._headlines: dict[str, str] = {}  # ts -> first line, to say which thread a reply is in
@@ -93,6 +101,11 @@ class ConsoleSender:
         stream.write("\n".join(out) + "\n")
         stream.flush()
 
+    def _print_blocks(self, message: note.Message) -> None:
+        if self.show_blocks:
+            stream = self.stream or sys.stdout
+            stream.write(json.dumps(message.get("blocks", []), indent=2, ensure_ascii=False) + "\n")
+
     def post(self, message: note.Message, *, thread_ts: str | None = None) -> str:
         lines = note.plain_text(message).splitlines() or [message.get("text", "")]
         ts = f"{self._clock():.6f}-{next(self._seq)}"
@@ -102,12 +115,14 @@ class ConsoleSender:
         else:
             self._headlines[ts] = lines[0]
             self._print("", lines)
+        self._print_blocks(message)
         return ts
 
     def update(self, channel: str, ts: str, message: note.Message) -> None:
         lines = note.plain_text(message).splitlines() or [message.get("text", "")]
         self._headlines[ts] = lines[0]
         self._print("  ✎ edited: ", lines[:1])
+        self._print_blocks(message)
 
 
 class TeeSender:
@@ -117,15 +132,17 @@ class TeeSender:
         self.primary = primary
         self.echo = echo
         self.channel = primary.channel
+        self._echo_ts: dict[str, str] = {}  # primary ts -> echo ts, so threads and edits line up
 
     def post(self, message: note.Message, *, thread_ts: str | None = None) -> str:
         ts = self.primary.post(message, thread_ts=thread_ts)
-        self.echo.post(message, thread_ts=thread_ts)
+        echo_thread = self._echo_ts.get(thread_ts, thread_ts) if thread_ts else None
+        self._echo_ts[ts] = self.echo.post(message, thread_ts=echo_thread)
         return ts
 
     def update(self, channel: str, ts: str, message: note.Message) -> None:
         self.primary.update(channel, ts, message)
-        self.echo.update(channel, ts, message)
+        self.echo.update(channel, self._echo_ts.get(ts, ts), message)
 
 
 def slack_retry_handlers(

@@ -1,0 +1,184 @@
+"""`kpsbot demo`: the whole job on one machine with no accounts — simulator, watcher, terminal output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO
+
+from kpsbot.kps.auth import AkSkAuth
+from kpsbot.kps.client import KpsClient, KpsError
+from kpsbot.settings import Settings
+from kpsbot.simulator import Simulator, SimulatorServer
+from kpsbot.slack.notifications import plain_text
+from kpsbot.slack.query import parse_command
+from kpsbot.slack.replies import TaskReplies
+from kpsbot.store import Store
+from kpsbot.watch.cycle import Watcher
+from kpsbot.watch.delivery import ConsoleSender, sender_for
+
+log = logging.getLogger(__name__)
+
+DEMO_PROJECT = "demo0000000000000000000000000001"
+POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration: float | None = None  # seconds; None: until Ctrl-C (or `cycles`)
+    cycles: int | None = None
+    db_path: str | None = None
+    show_blocks: bool = False
+    poll_seconds: float = POLL_SECONDS
+    seed: int | None = None
+
+
+def simulated_project(seed: int | None) -> tuple[Simulator, str, str]:
+    """A simulator whose tasks start and finish within seconds, signing with throw-away AK/SK."""
+    ak, sk = f"DEMO{secrets.token_hex(8).upper()}", secrets.token_urlsafe(24)
+    sim = Simulator(
+        project_id=DEMO_PROJECT,
+        ak=ak,
+        sk=sk,
+        tasks=3,
+        seed=seed,
+        rate=0.4,
+        finish_after=(3.0, 12.0),
+        fail_ratio=0.25,
+    )
+    return sim, ak, sk
+
+
+class Demo:
+    """Runs the simulator, a watcher against it and (optionally) the Slack side; prints as it goes."""
+
+    def __init__(self, settings: Settings, options: DemoOptions, out: IO[str]) -> None:
+        self.settings = settings
+        self.options = options
+        self.out = out
+        self.stop = threading.Event()
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def run(self) -> int:
+        options = self.options
+        sim, ak, sk = simulated_project(options.seed)
+        with SimulatorServer(sim) as server, tempfile.TemporaryDirectory(prefix="kpsbot-demo-") as tmp:
+            db_path = options.db_path or str(Path(tmp) / "kpsbot-demo.db")
+            kps = KpsClient(server.url, DEMO_PROJECT, AkSkAuth(ak, sk, DEMO_PROJECT), timeout=(2, 5))
+            # The rest of kpsbot sees an ordinary configuration that points at the simulator.
+            settings = replace(self.settings, project_id=DEMO_PROJECT, endpoint=server.url, region=None)
+            store = Store(db_path)
+            try:
+                return self._run(settings, kps, store, server.url, db_path)
+            finally:
+                store.close()
+
+    def _run(self, settings: Settings, kps: KpsClient, store: Store, url: str, db_path: str) -> int:
+        options = self.options
+        console = ConsoleSender(self.out, show_blocks=options.show_blocks)
+        sender = sender_for(settings, echo=console)
+        watcher = Watcher(
+            kps,
+            store,
+            sender,
+            burst=settings.burst,
+            outage_polls=settings.outage_polls,
+            project_id=DEMO_PROJECT,
+            location="the KPS simulator",
+        )
+        bound = []
+        if options.duration:
+            bound.append(f"for {options.duration:g} s")
+        if options.cycles:
+            bound.append(f"for {options.cycles} polls")
+        self.say(
+            f"kpsbot demo: KPS simulator at {url} (project {DEMO_PROJECT}), SQLite at {db_path}\n"
+            f"Polling every {options.poll_seconds:g} s {' or '.join(bound) or 'until Ctrl-C'}; "
+            f"tasks start and finish on their own.\n"
+        )
+        if settings.slack_bot_token and settings.channel:
+            self.say(f"Notifications are also posted to Slack channel {settings.channel}.\n")
+        slack = self._slack_services(settings, kps, store)
+        self._print_first_page(kps, settings)
+        self.say("Notifications, as they would read in Slack:\n")
+        deadline = time.monotonic() + options.duration if options.duration else None
+        cycle = 0
+        try:
+            for service in slack:
+                service.start()
+            while not self.stop.is_set():
+                cycle += 1
+                report = watcher.run_cycle()
+                self.say(f"   · poll {cycle}: {report.summary()}")
+                if options.cycles and cycle >= options.cycles:
+                    break
+                wait = options.poll_seconds
+                if deadline is not None:
+                    wait = min(wait, deadline - time.monotonic())
+                    if wait <= 0:
+                        break
+                self.stop.wait(wait)
+        finally:
+            for service in reversed(slack):
+                service.stop(timeout=3)
+        events = store.events()
+        started = sum(1 for e in events if e["kind"] == "started")
+        finished = sum(1 for e in events if e["kind"] == "finished")
+        self.say(f"\nDemo over after {cycle} polls: {started} task starts and {finished} finishes recorded.")
+        return 0
+
+    def _print_first_page(self, kps: KpsClient, settings: Settings) -> None:
+        replies = TaskReplies(
+            kps, project_id=DEMO_PROJECT, location="the KPS simulator", page_size=settings.page_size
+        )
+        try:
+            page = replies.page(parse_command(""), 0, clamp=True)
+        except KpsError as exc:
+            self.say(f"/kps-tasks failed: {exc}")
+            return
+        self.say("What /kps-tasks shows in Slack (first page):\n")
+        self.say("\n".join("   " + line for line in plain_text(page).splitlines()))
+        if self.options.show_blocks:
+            self.say(json.dumps(page["blocks"], indent=2, ensure_ascii=False))
+        self.say("")
+
+    def _slack_services(self, settings: Settings, kps: KpsClient, store: Store) -> list:
+        """Serve /kps-tasks against the simulator when a Slack app is configured."""
+        if not (settings.slack_bot_token and (settings.slack_app_token or settings.slack_signing_secret)):
+            return []
+        from kpsbot.slack.app import build_app
+        from kpsbot.slack.server import slack_services
+        from kpsbot.slack.workers import WorkerPool
+
+        work = WorkerPool()
+        app = build_app(settings, kps, store=store, executor=work)
+        mode = "Socket Mode" if settings.socket_mode else f"HTTP on port {settings.port}"
+        self.say(f"Serving /kps-tasks against the simulator ({mode}).\n")
+        return [
+            work,
+            *slack_services(app, settings, lambda: {"status": "ok", "demo": True}, host="127.0.0.1"),
+        ]
+
+
+def run_demo(settings: Settings, options: DemoOptions, out: IO[str]) -> int:
+    """Run until Ctrl-C / SIGTERM or the given bound; 0 on a normal end."""
+    demo = Demo(settings, options, out)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: demo.stop.set())
+    try:
+        return demo.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
