@@ -60,7 +60,7 @@ def main() -> None:
         print("client_vs_sdk: skipped (pip install -e '.[bench]' for huaweicloudsdkkps)")
         return
     tasks, repeats = (2_000, 1) if args.quick else (100_000, 3)
-    save("client_vs_sdk", run(tasks, repeats))
+    save("client_vs_sdk", run(tasks, repeats), quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -143,10 +143,11 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def save(name: str, data) -> None:
-    """Merge this benchmark's results into bench/results/latest.json."""
+def save(name: str, data, *, quick: bool = False) -> None:
+    """Merge this benchmark's results into bench/results/latest.json (quick.json for --quick runs,
+    so a smoke pass never overwrites the numbers of a full run)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "latest.json"
+    path = RESULTS / ("quick.json" if quick else "latest.json")
     current = json.loads(path.read_text()) if path.exists() else {}
     current[name] = data
     current["_updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

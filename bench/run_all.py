@@ -20,7 +20,9 @@ def main() -> int:
     if failed:
         print(f"\nbenchmarks that failed to run: {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"\nresults: {HERE / 'results' / 'latest.json'}")
+    if extra:
+        print("\nquick pass: a smoke test at small sizes; the goals apply to the full run only")
+    print(f"\nresults: {HERE / 'results' / ('quick.json' if extra else 'latest.json')}")
     return 0
 
 

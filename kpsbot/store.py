@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +196,33 @@ class Store:
         self.path = os.fspath(path)
         if self.path != ":memory:":
             _create_private(self.path)
-        conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
-        self.db = Database(conn, execute_plugins=False)
+        self.conn = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False, isolation_level=None)
+        self._db: Database | None = None
         self._lock = threading.RLock()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         self.migrate()
         if self.path != ":memory:":
             for suffix in ("-wal", "-shm"):
                 _chmod_private(self.path + suffix)
 
+    @property
+    def db(self) -> Database:
+        """sqlite-utils over the same connection, for migrations and bulk inserts.
+
+        Imported on first use: a poll where nothing changed never needs it, and the import
+        costs more than that poll's own SQL.
+        """
+        with self._lock:
+            if self._db is None:
+                from sqlite_utils import Database
+
+                self._db = Database(self.conn, execute_plugins=False)
+            return self._db
+
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -219,7 +234,7 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so read-then-write is atomic."""
         with self._lock:
-            conn = self.db.conn
+            conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -229,22 +244,30 @@ class Store:
             conn.execute("COMMIT")
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        """A SELECT's rows as dicts (what sqlite-utils' `db.query` gives, without importing it)."""
         with self._lock:
-            return list(self.db.query(sql, params))
+            cursor = self.conn.execute(sql, tuple(params))
+            keys = [column[0] for column in cursor.description]
+            return [dict(zip(keys, row)) for row in cursor]
 
     # -- schema ------------------------------------------------------------------------
+
+    def _has_table(self, name: str) -> bool:
+        query = "select 1 from sqlite_master where type = 'table' and name = ?"
+        with self._lock:
+            return self.conn.execute(query, (name,)).fetchone() is not None
 
     @property
     def schema_version(self) -> int:
         with self._lock:
-            if not self.db["schema_version"].exists():
+            if not self._has_table("schema_version"):
                 return 0
-            row = self.db.execute("select max(version) from schema_version").fetchone()
+            row = self.conn.execute("select max(version) from schema_version").fetchone()
             return row[0] or 0
 
     def migrate(self, target: int = SCHEMA_VERSION) -> None:
         with self._write():
-            if not self.db["schema_version"].exists():
+            if not self._has_table("schema_version"):
                 self.db["schema_version"].create({"version": int, "migrated_at": float})
             current = self.schema_version
             if current > SCHEMA_VERSION:
@@ -267,7 +290,7 @@ class Store:
 
     def running_task_ids(self) -> set[str]:
         with self._lock:
-            cursor = self.db.conn.execute("select task_id from tasks where state = 'running'")
+            cursor = self.conn.execute("select task_id from tasks where state = 'running'")
             return {row[0] for row in cursor}
 
     def tasks(self, task_ids: Iterable[str]) -> dict[str, StoredTask]:

@@ -22,6 +22,7 @@ API_PAGE_LIMIT = 1000  # the API's own default and the largest page we ask for
 MAX_PAGES = 1000  # 1,000,000 tasks: far above any real project, low enough to stop a lying `total`
 THROTTLED = "APIG.0308"  # API gateway throttling; its guidance is to retry after 2-5 s
 RETRY_AFTER_CAP = 10.0
+PREFETCH_PAGES = 3  # pages requested ahead of the one being read
 
 
 class KpsError(Exception):
@@ -139,65 +140,94 @@ class KpsClient:
     # -- every page ---------------------------------------------------------------
 
     def iter_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[RunningTask]:
-        yield from self._walk(self.list_running_tasks, page_size)
+        yield from self._walk("running-tasks", RunningTask, page_size)
 
     def iter_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[FailedTask]:
-        yield from self._walk(self.list_failed_tasks, page_size)
+        yield from self._walk("failed-tasks", FailedTask, page_size)
 
     def all_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
         """Every running task (de-duplicated), with the rows that could not be parsed."""
-        return self._collect(self.list_running_tasks, page_size)
+        return self._collect("running-tasks", RunningTask, page_size)
 
     def all_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
-        return self._collect(self.list_failed_tasks, page_size)
+        return self._collect("failed-tasks", FailedTask, page_size)
 
     def running_task_records(self, page_size: int = API_PAGE_LIMIT) -> TaskRecords:
         """Every running task keyed by task_id, parsed lazily: the watcher's cheap path."""
         index = TaskRecords({})
-        offset = 0
-        for _ in range(MAX_PAGES):
-            total, rows = self._rows("running-tasks", page_size, offset)
-            for row in rows:
-                try:
-                    index.add(row)
-                except MalformedTask as exc:
-                    log.warning("skipping a running-tasks row that cannot be parsed: %s", exc)
-                    index.skipped.append(row)
-            offset += len(rows)
-            if not rows or offset >= total:
-                return index
-        log.warning("stopped paging after %d pages; KPS reported total=%s", MAX_PAGES, total)
+        for _total, rows in self._row_pages("running-tasks", page_size, PREFETCH_PAGES):
+            for problem in index.extend(rows):
+                log.warning("skipping a running-tasks row that cannot be parsed: %s", problem)
         return index
 
-    def _collect(self, fetch: Callable[[int, int], TaskPage], page_size: int) -> TaskPage:
+    def _collect(self, resource: str, model: type, page_size: int) -> TaskPage:
         skipped: list = []
-        tasks = list(self._walk(fetch, page_size, skipped))
+        tasks = list(self._walk(resource, model, page_size, skipped, prefetch=PREFETCH_PAGES))
         return TaskPage(total=len(tasks), tasks=tasks, skipped=skipped)
 
     def _walk(
-        self, fetch: Callable[[int, int], TaskPage], page_size: int, skipped: list | None = None
+        self, resource: str, model: type, page_size: int, skipped: list | None = None, prefetch: int = 0
     ) -> Iterator[Any]:
         # Offset paging over a list that changes underneath can repeat entries: keep the first.
         seen: set[str] = set()
-        offset = 0
-        for _ in range(MAX_PAGES):
-            page = fetch(page_size, offset)
+        for total, rows in self._row_pages(resource, page_size, prefetch):
+            page = self._parse(resource, model, total, rows)
             if skipped is not None:
                 skipped.extend(page.skipped)
             for task in page.tasks:
                 if task.task_id not in seen:
                     seen.add(task.task_id)
                     yield task
-            received = len(page.tasks) + len(page.skipped)
-            offset += received
-            if received == 0 or offset >= page.total:
-                return
-        log.warning("stopped paging after %d pages; KPS reported total=%s", MAX_PAGES, page.total)
+
+    def _row_pages(self, resource: str, page_size: int, prefetch: int = 0) -> Iterator[tuple[int, list]]:
+        """Each page's (total, raw rows) in offset order, until an empty page or `total` is reached.
+
+        With `prefetch`, the pages after the current one (as far as its `total` says there are
+        rows, and at most MAX_PAGES) are requested ahead on that many threads, so waiting for
+        KPS overlaps with reading what has arrived. Pages are still taken strictly in order
+        with the sequential stopping rules; when a short page moves the offsets, what was
+        fetched ahead is dropped and prefetching starts again from the new offset. Only callers that read
+        every page use it: a lazy walk stopped early must not have asked for more.
+        """
+        pool = None  # made when a second page is due: most projects fit on one
+        ahead: dict[int, Any] = {}  # offset -> Future of that page
+        offset = next_ahead = total = 0
+        try:
+            for _ in range(MAX_PAGES):
+                future = ahead.pop(offset, None)
+                if future is None and ahead:  # a short page moved the offsets: start again from here
+                    for stale in ahead.values():
+                        stale.cancel()
+                    ahead.clear()
+                    next_ahead = offset
+                total, rows = future.result() if future else self._rows(resource, page_size, offset)
+                yield total, rows
+                offset += len(rows)
+                if not rows or offset >= total:
+                    return
+                if prefetch > 0:
+                    if pool is None:
+                        from concurrent.futures import ThreadPoolExecutor
+
+                        pool = ThreadPoolExecutor(prefetch, thread_name_prefix="kps-page")
+                    next_ahead = max(next_ahead, offset)
+                    end = min(total, MAX_PAGES * page_size)
+                    while len(ahead) < prefetch and next_ahead < end:
+                        ahead[next_ahead] = pool.submit(self._rows, resource, page_size, next_ahead)
+                        next_ahead += page_size
+            log.warning("stopped paging after %d pages; KPS reported total=%s", MAX_PAGES, total)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     # -- HTTP ---------------------------------------------------------------------
 
     def _page(self, resource: str, model: type, limit: int, offset: int) -> TaskPage:
         total, rows = self._rows(resource, limit, offset)
+        return self._parse(resource, model, total, rows)
+
+    @staticmethod
+    def _parse(resource: str, model: type, total: int, rows: list) -> TaskPage:
         tasks, skipped = [], []
         for row in rows:
             try:
@@ -246,8 +276,10 @@ class KpsClient:
 
     @staticmethod
     def _json(response: requests.Response) -> Any:
+        # Straight from the bytes with the stdlib: Response.json() decodes the body to text first,
+        # and parses with simplejson when it happens to be installed.
         try:
-            return response.json()
+            return json.loads(response.content)
         except ValueError:
             raise KpsError(
                 f"KPS answered with a body that is not JSON: {_excerpt(response.text)!r}",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Generic, TypeVar
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import FailedTask, RunningTask, TaskRecords, TaskStatus
@@ -27,6 +28,8 @@ from kpsbot.watch.diff import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SAMPLE = 10  # tasks listed in a burst summary
 PRUNE_EVERY = 6 * 3600.0
@@ -214,12 +217,15 @@ class Watcher:
 
     def run_cycle(self) -> CycleReport:
         begun = time.monotonic()
+        # The stored ids are read while KPS pages arrive: the two waits overlap.
+        known = _InBackground(self.store.running_task_ids)
         try:
             page = self.kps.running_task_records()
         except KpsError as exc:
+            known.result()
             report = self._record_failure(exc, begun)
         else:
-            report = self._record_success(page, begun)
+            report = self._record_success(page, begun, known.result())
         self._maybe_prune()
         delivery = self.deliver()
         return CycleReport(
@@ -272,12 +278,12 @@ class Watcher:
 
     # -- a good poll ----------------------------------------------------------------------------
 
-    def _record_success(self, page: TaskRecords, begun: float) -> CycleReport:
+    def _record_success(self, page: TaskRecords, begun: float, known: set[str]) -> CycleReport:
         current = page
         meta = self.store.meta()
         if "baseline_at" not in meta:
-            return self._record_baseline(current, page, begun)
-        diff = diff_snapshot(self.store.running_task_ids(), current)
+            return self._record_baseline(current, page, begun, known)
+        diff = diff_snapshot(known, current)
         now = self.clock()
         poll = PollWrite(
             at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(page.skipped)
@@ -305,13 +311,15 @@ class Watcher:
             skipped_rows=len(page.skipped),
         )
 
-    def _record_baseline(self, current: TaskRecords, page: TaskRecords, begun: float) -> CycleReport:
+    def _record_baseline(
+        self, current: TaskRecords, page: TaskRecords, begun: float, known: set[str]
+    ) -> CycleReport:
+        """The first good poll; `known` (the stored running ids) is normally empty, unless restored."""
         now = self.clock()
         meta = self.store.meta()
         poll = PollWrite(
             at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(page.skipped)
         )
-        known = self.store.running_task_ids()  # normally none; a restored database may hold some
         poll.new_tasks = [_task_row(t, "baseline") for task_id, t in current.items() if task_id not in known]
         poll.outbox = [
             {
@@ -410,6 +418,8 @@ class Watcher:
         workers = max(1, min(self.status_workers, len(task_ids)))
         if workers == 1:
             return {task_id: lookup(task_id) for task_id in task_ids}
+        from concurrent.futures import ThreadPoolExecutor  # only polls where tasks finished need it
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kps-status") as pool:
             return dict(zip(task_ids, pool.map(lookup, task_ids)))
 
@@ -427,6 +437,29 @@ class Watcher:
         if now - last >= PRUNE_EVERY:
             self.store.prune(now=now, retention_days=self.retention_days)
             self.store.set_meta({"pruned_at": repr(now)})
+
+
+class _InBackground(Generic[T]):
+    """Calls `fn` on a thread; `result()` waits, then returns its value or raises its exception."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kpsbot-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set when there was no error
 
 
 def _ms(begun: float) -> int:
