@@ -99,3 +99,12 @@ def test_failed_task_carries_error():
 def test_task_status_states(status, state, finished):
     parsed = TaskStatus.from_api({"task_id": "t", "task_status": status, "server_id": "s"})
     assert (parsed.state, parsed.finished) == (state, finished)
+
+
+@pytest.mark.parametrize("model", [RunningTask, FailedTask])
+def test_to_api_has_every_field_and_round_trips(model):
+    from dataclasses import fields
+
+    record = {f.name: f"value-{f.name}" for f in fields(model)}
+    task = model.from_api(record)
+    assert task.to_api() == record
