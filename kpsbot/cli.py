@@ -158,22 +158,6 @@ def open_store(settings: Settings):
         fail(f"cannot open KPSBOT_DB {settings.db_path}: {exc}", EXIT_USAGE)
 
 
-def build_watcher(settings: Settings, kps, store, sender):
-    """The poll cycle for the configured project, posting through `sender` (None: record only)."""
-    from kpsbot.watch.cycle import Watcher
-
-    return Watcher(
-        kps,
-        store,
-        sender,
-        burst=settings.burst,
-        outage_polls=settings.outage_polls,
-        project_id=settings.project_id,
-        location=settings.location,
-        retention_days=settings.retention_days,
-    )
-
-
 def health_report(settings: Settings, store, loop) -> dict:
     """What /healthz shows: the last successful poll and the state of the notification outbox."""
     last = store.last_successful_poll()
@@ -202,6 +186,7 @@ def watch(ctx: Context, once: bool) -> None:
     Without KPSBOT_CHANNEL the notifications are printed here instead. Without
     --once it polls every KPSBOT_POLL_SECONDS until Ctrl-C.
     """
+    from kpsbot.watch.cycle import Watcher
     from kpsbot.watch.delivery import ConsoleSender, sender_for
 
     settings = ctx.require("kps")
@@ -213,7 +198,7 @@ def watch(ctx: Context, once: bool) -> None:
         )
     store = open_store(settings)
     sender = sender_for(settings) or ConsoleSender(sys.stdout)
-    watcher = build_watcher(settings, settings.kps_client(), store, sender)
+    watcher = Watcher.from_settings(settings, settings.kps_client(), store, sender)
     if not once:
         run_watcher_alone(watcher, store, settings)
         return
@@ -318,6 +303,7 @@ def run(ctx: Context, host: str) -> None:
     from kpsbot.slack.app import build_app
     from kpsbot.slack.server import serve
     from kpsbot.slack.workers import WorkerPool
+    from kpsbot.watch.cycle import Watcher
     from kpsbot.watch.delivery import sender_for
     from kpsbot.watch.loop import WatcherLoop
 
@@ -329,7 +315,7 @@ def run(ctx: Context, host: str) -> None:
         fail("KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token", EXIT_USAGE)
     kps = settings.kps_client()
     store = open_store(settings)
-    watcher = build_watcher(settings, kps, store, sender_for(settings))
+    watcher = Watcher.from_settings(settings, kps, store, sender_for(settings))
     if not slack_wanted:
         log.warning(
             "Slack settings are not present (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or "

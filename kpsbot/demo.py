@@ -87,15 +87,7 @@ class Demo:
         options = self.options
         console = ConsoleSender(self.out, show_blocks=options.show_blocks)
         sender = sender_for(settings, echo=console)
-        watcher = Watcher(
-            kps,
-            store,
-            sender,
-            burst=settings.burst,
-            outage_polls=settings.outage_polls,
-            project_id=DEMO_PROJECT,
-            location="the KPS simulator",
-        )
+        watcher = Watcher.from_settings(settings, kps, store, sender, location="the KPS simulator")
         bound = []
         if options.duration:
             bound.append(f"for {options.duration:g} s")

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import FailedTask, RunningTask, TaskRecords, TaskStatus
@@ -214,6 +214,28 @@ class Watcher:
         self.retention_days = retention_days
         self.status_workers = status_workers
         self.clock = clock
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        kps: KpsClient,
+        store: Store,
+        sender: Sender | None,
+        *,
+        location: str | None = None,
+    ) -> Watcher:
+        """The watcher for the configured project, with the KPSBOT_* tuning settings."""
+        return cls(
+            kps,
+            store,
+            sender,
+            burst=settings.burst,
+            outage_polls=settings.outage_polls,
+            project_id=settings.project_id or kps.project_id,
+            location=settings.location if location is None else location,
+            retention_days=settings.retention_days,
+        )
 
     def run_cycle(self) -> CycleReport:
         begun = time.monotonic()
