@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import App, BoltResponse
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 from kpsbot.kps.client import KpsClient
@@ -52,22 +53,42 @@ def build_app(
         page_size=settings.page_size,
     )
     access = AccessPolicy(channels=settings.allowed_channels, users=settings.allowed_users)
-    app.middleware(ignore_retries(RecentKeys()))
+    app.use(IgnoreRetries(RecentKeys()))
     commands.register(app, replies=replies, work=work, access=access)
     actions.register(app, replies=replies, work=work, access=access)
     return app
 
 
-def ignore_retries(seen: RecentKeys):
-    """Middleware: a Slack retry of an interaction already received is acked and dropped."""
+class IgnoreRetries(Middleware):
+    """Acks and drops a Slack retry of an interaction already received, and a button press that names
+    no button.
 
-    def middleware(request, body, next_):  # noqa: ANN001 - Bolt injects by parameter name
+    A class, not a function middleware: Bolt builds every listener argument for a function
+    middleware, and building `action` from a payload with an empty `actions` list raises (HTTP 500).
+    """
+
+    def __init__(self, seen: RecentKeys) -> None:
+        self.seen = seen
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse, next) -> BoltResponse:  # noqa: A002
+        body = req.body
+        if body.get("type") == "block_actions" and not _has_action(body):
+            log.info("ignoring a block_actions payload without an action")
+            return BoltResponse(status=200, body="")
         key = request_key(body)
-        first = seen.add(key) if key else True
-        retry = request.headers.get("x-slack-retry-num")
+        first = self.seen.add(key) if key else True
+        retry = req.headers.get("x-slack-retry-num")
         if retry and not first:
             log.info("ignoring Slack retry %s of %s", retry[0] if isinstance(retry, list) else retry, key)
             return BoltResponse(status=200, body="")
-        return next_()
+        return next()
 
-    return middleware
+
+def _has_action(body: dict) -> bool:
+    actions = body.get("actions")
+    return (
+        bool(actions)
+        and isinstance(actions, list)
+        and isinstance(actions[0], dict)
+        and (isinstance(actions[0].get("action_id"), str))
+    )

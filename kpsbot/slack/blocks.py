@@ -50,7 +50,8 @@ HELP_LINES = (
 
 
 def _message(text: str, blocks: list[dict]) -> dict:
-    return {"text": plain(text, MESSAGE_TEXT), "blocks": blocks[:MAX_BLOCKS]}
+    # The fallback `text` is mrkdwn too, and may carry IDs from KPS: escape it like any block text.
+    return {"text": inline(text, MESSAGE_TEXT), "blocks": blocks[:MAX_BLOCKS]}
 
 
 def _mrkdwn(text: str) -> dict:

@@ -28,8 +28,8 @@ def encode_page_value(project_id: str, ref: PageRef) -> str:
     return f"{VERSION}|{project_id}|{ref.offset}|{ref.query.to_text()}"
 
 
-def decode_page_value(value: str | None, project_id: str) -> PageRef:
-    parts = (value or "").split("|", 3)
+def decode_page_value(value: object, project_id: str) -> PageRef:
+    parts = value.split("|", 3) if isinstance(value, str) else []  # a tampered payload may send any JSON
     if len(parts) != 4 or parts[0] != VERSION:
         raise BadPageValue("This button is from an older or altered message. Run `/kps-tasks` again.")
     _, project, offset_text, text = parts
