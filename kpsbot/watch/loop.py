@@ -48,13 +48,32 @@ class WatcherLoop:
         self.is_leader = False
         self.cycles = 0
         self._stop = threading.Event()
+        self._lease_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> WatcherLoop:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="kpsbot-watcher", daemon=True)
             self._thread.start()
+            # A cycle may outlast the lease (a slow KPS, thousands of finishes): the heartbeat keeps
+            # the lease ours while this process is alive, so a standby never posts beside us.
+            threading.Thread(target=self._heartbeat, name="kpsbot-lease", daemon=True).start()
         return self
+
+    def _heartbeat(self) -> None:
+        period = max(self.lease_ttl / 3, 0.2)
+        while not self._stop.wait(period):
+            with self._lease_lock:
+                if not self.is_leader or self._stop.is_set():
+                    continue
+                try:
+                    renewed = self.store.acquire_lease(self.owner, self.lease_ttl)
+                except Exception:
+                    log.exception("cannot renew the watcher lease")
+                    continue
+                if not renewed:
+                    log.warning("lost the watcher lease (%s)", self.owner)
+                    self.is_leader = False
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current cycle (waiting up to `timeout`) and release the lease."""
@@ -72,14 +91,15 @@ class WatcherLoop:
 
     def run_once(self) -> None:
         """One iteration: take or renew the lease, and run a cycle if it is ours."""
-        try:
-            leader = self.store.acquire_lease(self.owner, self.lease_ttl)
-        except Exception:
-            log.exception("cannot take the watcher lease; skipping this cycle")
-            leader = False
-        if leader != self.is_leader:
-            log.info("%s the watcher lease (%s)", "took" if leader else "lost", self.owner)
-            self.is_leader = leader
+        with self._lease_lock:
+            try:
+                leader = self.store.acquire_lease(self.owner, self.lease_ttl)
+            except Exception:
+                log.exception("cannot take the watcher lease; skipping this cycle")
+                leader = False
+            if leader != self.is_leader:
+                log.info("%s the watcher lease (%s)", "took" if leader else "lost", self.owner)
+                self.is_leader = leader
         if not leader:
             return
         try:
@@ -100,6 +120,10 @@ class WatcherLoop:
             self._stop.wait(max(delay, 0.0))
 
     def _release(self) -> None:
+        with self._lease_lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
         if not self.is_leader:
             return
         try:

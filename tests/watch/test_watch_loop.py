@@ -63,3 +63,30 @@ def test_a_failing_cycle_does_not_kill_the_thread(tmp_path, caplog):
         assert loop.running and loop.last_success is None and "boom" in caplog.text
         loop.stop()
         assert not loop.running
+
+
+class SlowWatcher(CountingWatcher):
+    """A cycle that takes much longer than the lease."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def run_cycle(self):
+        report = super().run_cycle()
+        time.sleep(self.seconds)
+        return report
+
+
+def test_a_cycle_longer_than_the_lease_keeps_the_lease(tmp_path):
+    path = tmp_path / "k.db"
+    with Store(path) as store_a, Store(path) as store_b:
+        slow = SlowWatcher(1.5)
+        a = WatcherLoop(slow, store_a, interval=0.05, owner="a", lease_ttl=0.3).start()
+        wait_until(lambda: slow.cycles >= 1)
+        other = CountingWatcher()
+        b = WatcherLoop(other, store_b, interval=0.05, owner="b", lease_ttl=0.3).start()
+        time.sleep(1.0)  # three lease lifetimes, all inside a's first cycle
+        assert other.cycles == 0 and store_a.lease_holder() == "a"
+        b.stop()
+        a.stop(timeout=5)
