@@ -43,9 +43,9 @@ class SoakPlan:
 
 
 CI = SoakPlan(
-    churn_seconds=30,
+    churn_seconds=25,
     rate=3.0,
-    finish_after=(11.0, 15.0),
+    finish_after=(18.0, 22.0),
     kills=3,
     # A "timeout" here is a 0.5 s slow answer: real client timeouts (15 s each) would not fit in a
     # minute; the slow soak has them.
