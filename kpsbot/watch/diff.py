@@ -32,6 +32,8 @@ def diff_snapshot(stored: Collection[str], current: Mapping[str, RunningTask]) -
     Only id sets are compared, so a poll where nothing changed builds no objects.
     """
     stored_ids = stored if isinstance(stored, (set, frozenset)) else set(stored)
+    if current.keys() == stored_ids:  # the usual poll: one C-level comparison, no new sets
+        return SnapshotDiff([], [])
     appeared = [current[task_id] for task_id in current.keys() - stored_ids]
     appeared.sort(key=lambda t: (t.task_time.zfill(20), t.task_id))
     disappeared = sorted(stored_ids - current.keys())
