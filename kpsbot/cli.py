@@ -18,41 +18,21 @@ EXIT_USAGE = 2  # usage or settings
 log = logging.getLogger("kpsbot")
 
 
-class SecretFilter(logging.Filter):
-    """Last line of defence: replaces any configured secret that reaches a log record."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        super().__init__()
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(s in message for s in self.secrets):
-                for s in self.secrets:
-                    message = message.replace(s, "***")
-                record.msg, record.args = message, None
-        return True
-
-
 def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    secrets = [
-        settings.ak,
-        settings.sk,
-        settings.security_token,
-        settings.auth_token,
-        settings.slack_bot_token,
-        settings.slack_signing_secret,
-        settings.slack_app_token,
-    ]
-    handler.addFilter(SecretFilter([s for s in secrets if s]))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
-    # urllib3 logs full URLs with query strings at DEBUG; keep its chatter down.
-    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    from kpsbot.logs import setup_logging as setup
+
+    setup(
+        settings.log_level,
+        [
+            settings.ak,
+            settings.sk,
+            settings.security_token,
+            settings.auth_token,
+            settings.slack_bot_token,
+            settings.slack_signing_secret,
+            settings.slack_app_token,
+        ],
+    )
 
 
 def fail(message: str, code: int) -> None:
