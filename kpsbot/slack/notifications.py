@@ -141,16 +141,12 @@ def finished_reply(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
 
 
 def finished_message(task: RunningTask, outcome: Mapping[str, Any], *, note: str = "") -> Message:
-    """A standalone finished message, for a task whose start was never announced on its own."""
-    result = outcome.get("outcome", "unknown")
-    label = _label(task)
-    headline = f"{_what(task)} on {_server(task)}: {_outcome_line(outcome)}"
-    blocks = [_section(headline), _task_fields(task)]
-    if error := _error_text(outcome):
-        blocks.append(_section(error))
+    """A standalone finished message, for a task whose start was never announced on its own:
+    what its start message would have become, plus a note on why it stands alone."""
+    message = start_message_finished(task, outcome)
     if note:
-        blocks.append(_context(note))
-    return _message(f"{label} on {_name(task)} {OUTCOME_WORD.get(result, result)}", blocks)
+        message["blocks"].append(_context(note))
+    return message
 
 
 # -- summaries ---------------------------------------------------------------------------
