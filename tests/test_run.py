@@ -1,8 +1,6 @@
 """`kpsbot run` as a real process: serves /kps-tasks and /healthz, stops cleanly on SIGTERM/SIGINT."""
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,17 +8,12 @@ import time
 import pytest
 import requests
 from support.fake_slack import FakeSlack, assert_valid_message
+from support.run_process import free_port, run_environment, start, stop_within, wait_healthy, wait_until
 from support.slack_requests import SECRET, Bot
 
 from kpsbot.simulator import Simulator, SimulatorServer
 
 PROJECT = "p-run"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -31,51 +24,9 @@ def backends():
 
 
 def environment(sim_url: str, fake: FakeSlack, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
-    env.update(
-        KPS_ENDPOINT=sim_url,
-        KPS_PROJECT_ID=PROJECT,
-        CLOUD_SDK_AK="AK",
-        CLOUD_SDK_SK="SK",
-        SLACK_BOT_TOKEN="xoxb-run",
-        SLACK_SIGNING_SECRET=SECRET,
-        SLACK_API_URL=fake.url,
-        **extra,
+    return run_environment(
+        sim_url, fake.url, PROJECT, SLACK_BOT_TOKEN="xoxb-run", SLACK_SIGNING_SECRET=SECRET, **extra
     )
-    return env
-
-
-def start(env: dict, cwd) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "kpsbot", "run", "--host", "127.0.0.1"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1]
-        try:
-            return requests.get(f"{url}/healthz", timeout=1).json()
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("kpsbot run did not serve /healthz in time")
-
-
-def stop_within(process: subprocess.Popen, signum: int, seconds: float = 10) -> tuple[int, float]:
-    started = time.monotonic()
-    process.send_signal(signum)
-    try:
-        process.wait(timeout=seconds + 5)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return process.returncode, time.monotonic() - started
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -149,16 +100,6 @@ def test_missing_settings_exit_2_with_one_line(backends, tmp_path, drop, named):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0]
-
-
-def wait_until(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_run_also_watches_posts_notifications_and_reports_the_poll(backends, tmp_path):

@@ -153,9 +153,18 @@ class SocketModeService:
         log.info("connected to Slack in Socket Mode")
 
     def stop(self, timeout: float = 3.0) -> None:
-        if self._handler is not None:
-            self._handler.close()
-            self._handler = None
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return
+        # close() sends the close frame at once, then joins the thread reading the WebSocket, which
+        # can stay blocked in select() on the closed socket until its next ping (10 s). Those threads
+        # are daemons, so waiting at most `timeout` keeps the exit within the stop budget.
+        closer = threading.Thread(target=handler.close, name="socket-mode-close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.info("Socket Mode connection closed; not waiting %.1f s more for its reader thread", timeout)
+        else:
             log.info("Socket Mode connection closed")
 
 

@@ -18,6 +18,7 @@ MAX_TEXT = 4000
 FAULT_KINDS = ("ratelimited", "server_error", "error")
 JSON_ARGS = ("blocks", "attachments", "metadata")
 RESPONSE_URL = "response_url"  # the `method` name faults use to target response_url posts
+CONNECTIONS_OPEN = "apps.connections.open"  # called with the app-level token, not the bot token
 AUTH_TEST = {
     "ok": True,
     "url": "https://fake.slack.com/",
@@ -77,8 +78,20 @@ class _SlackHandler(QuietHandler):
 class FakeSlack:
     """Answers Slack Web API methods under `.url` and records them; `.calls` holds only delivered calls."""
 
-    def __init__(self, bot_token: str | None = None, seed: int = 0, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        bot_token: str | None = None,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        app_token: str | None = None,
+        socket_mode: Any = None,
+    ):
         self.bot_token = bot_token
+        self.app_token = app_token  # checked by apps.connections.open when set
+        # A support.fake_socket_mode.FakeSocketMode: apps.connections.open hands out its URL.
+        self.socket_mode = socket_mode
         self.host = host
         self.port = port
         self.calls: list[dict] = []
@@ -198,7 +211,8 @@ class FakeSlack:
         call = {"method": method, "args": args, "token": token, "at": now}
         with self._cond:
             fault = self._take_fault(method)
-            if fault is None and self.bot_token is not None and token != self.bot_token:
+            expected = self.app_token if method == CONNECTIONS_OPEN else self.bot_token
+            if fault is None and expected is not None and token != expected:
                 fault = {"status": 200, "error": "invalid_auth", "retry_after": 1}
             if fault is None:
                 status, payload = 200, self._answer(method, args)
@@ -249,6 +263,8 @@ class FakeSlack:
         channel = args.get("channel")
         if method == "auth.test":
             return dict(AUTH_TEST)
+        if method == CONNECTIONS_OPEN and self.socket_mode is not None:
+            return {"ok": True, "url": self.socket_mode.issue_url()}
         if method in ("chat.postMessage", "chat.postEphemeral"):
             self._serial += 1
             ts = _ts(self._serial)

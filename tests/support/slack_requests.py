@@ -69,8 +69,22 @@ class Bot:
         headers: dict | None = None,
         sign: dict | None = None,
     ) -> Answer:
+        form = self.command_form(text, user=user, channel=channel, name=name, trigger_id=trigger_id)
+        body = urlencode(form)
+        return self._post(body, {**signed_headers(body, **(sign or {})), **(headers or {})})
+
+    def command_form(
+        self,
+        text: str = "",
+        *,
+        user: str = "U1",
+        channel: str = "C1",
+        name: str | None = None,
+        trigger_id: str | None = None,
+    ) -> dict:
+        """A `/kps-tasks` slash command: a form over HTTP, an envelope payload in Socket Mode."""
         self.counter += 1
-        form = {
+        return {
             "command": "/kps-tasks",
             "text": text,
             "user_id": user,
@@ -80,14 +94,20 @@ class Bot:
             "response_url": self.fake.response_url(name or f"cmd{self.counter}"),
             "trigger_id": trigger_id or f"trigger-{self.counter}-{time.monotonic_ns()}",
         }
-        body = urlencode(form)
-        return self._post(body, {**signed_headers(body, **(sign or {})), **(headers or {})})
 
     def press(
         self, action_id: str, value: str, *, user: str = "U1", channel: str = "C1", name: str | None = None
     ) -> Answer:
+        payload = self.press_payload(action_id, value, user=user, channel=channel, name=name)
+        body = urlencode({"payload": json.dumps(payload)})
+        return self._post(body, signed_headers(body))
+
+    def press_payload(
+        self, action_id: str, value: str, *, user: str = "U1", channel: str = "C1", name: str | None = None
+    ) -> dict:
+        """The `block_actions` payload of a paging button press."""
         self.counter += 1
-        payload = {
+        return {
             "type": "block_actions",
             "team": {"id": "T000"},
             "user": {"id": user},
@@ -105,8 +125,6 @@ class Bot:
                 }
             ],
         }
-        body = urlencode({"payload": json.dumps(payload)})
-        return self._post(body, signed_headers(body))
 
     def responses(self, name: str, n: int = 1, timeout: float = 10) -> list[dict]:
         """The bodies posted to response_url `name` (waits until there are `n`)."""

@@ -1,0 +1,78 @@
+"""`kpsbot run` as a real subprocess: its environment, starting it, waiting on it and stopping it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_environment(kps_url: str, slack_api_url: str, project: str, **settings: str) -> dict:
+    """The environment for `kpsbot run`: nothing inherited that could configure kpsbot, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
+    env.update(
+        KPS_ENDPOINT=kps_url,
+        KPS_PROJECT_ID=project,
+        CLOUD_SDK_AK="AK",
+        CLOUD_SDK_SK="SK",
+        SLACK_API_URL=slack_api_url,
+        **settings,
+    )
+    return env
+
+
+def start(env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kpsbot", "run", "--host", "127.0.0.1"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).json()
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("kpsbot run did not serve /healthz in time")
+
+
+def stop_within(process: subprocess.Popen, signum: int, seconds: float = 10) -> tuple[int, float]:
+    """Send `signum`, wait for the exit (killing it `seconds` + 5 s on); `(exit status, seconds taken)`."""
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=seconds + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, time.monotonic() - started
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
