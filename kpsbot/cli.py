@@ -35,6 +35,22 @@ def setup_logging(settings: Settings) -> None:
     )
 
 
+def slack_reason(exc: Exception) -> str:
+    """Slack's own error code (`invalid_auth`, …) when there is one, else the first line."""
+    response = getattr(exc, "response", None)
+    error = response.get("error") if response is not None and hasattr(response, "get") else None
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hints = {
+        "invalid_auth": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
+        "not_authed": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
+        "token_revoked": "the token was revoked: reinstall the app",
+        "account_inactive": "the app was uninstalled: reinstall it",
+    }
+    if error:
+        return f"{error} ({hints[error]})" if error in hints else f"{error}"
+    return first
+
+
 def fail(message: str, code: int) -> None:
     click.echo(f"kpsbot: {message}", err=True)
     sys.exit(code)
@@ -317,7 +333,7 @@ def run(ctx: Context, host: str) -> None:
             host=host,
         )
     except (BoltError, SlackApiError, SlackClientError) as exc:
-        fail(f"Slack refused to start the bot: {str(exc).splitlines()[0]}", EXIT_FAILED)
+        fail(f"Slack refused to start the bot: {slack_reason(exc)}", EXIT_FAILED)
     except OSError as exc:
         fail(f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}", EXIT_USAGE)
     finally:
