@@ -8,6 +8,7 @@ import time
 
 import requests
 from support.fake_slack import FakeSlack, assert_valid_message
+from support.run_process import free_port
 from support.slack_requests import SECRET, Bot
 
 from kpsbot.simulator import Simulator
@@ -56,7 +57,7 @@ def test_demo_cycles_bound_and_blocks_json(tmp_path):
 
 def test_demo_posts_to_slack_and_serves_kps_tasks_when_slack_is_configured(tmp_path):
     with FakeSlack() as fake:
-        port = _free_port()
+        port = free_port()
         env = clean_env(
             SLACK_BOT_TOKEN="xoxb-demo",
             SLACK_SIGNING_SECRET=SECRET,
@@ -95,11 +96,3 @@ def test_demo_posts_to_slack_and_serves_kps_tasks_when_slack_is_configured(tmp_p
         assert posts and all(p["args"]["channel"] == "C0DEMO" for p in posts)
         assert "Watching project" in out and "Serving /kps-tasks against the simulator" in out
         assert "xoxb-demo" not in out + err and SECRET not in out + err
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

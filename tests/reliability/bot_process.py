@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from support.run_process import free_port, wait_until  # noqa: F401 - re-exported for the tests
 from support.slack_requests import SECRET
 
 PROJECT = "p-rel"
 AK, SK = "AK-rel", "SK-rel"
 BOT_TOKEN = "xoxb-rel"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout:g} s")
-        time.sleep(0.05)
 
 
 def bot_environment(sim_url: str, slack_url: str, **extra: str) -> dict:

@@ -68,11 +68,13 @@ def stop_within(process: subprocess.Popen, signum: int, seconds: float = 10) -> 
     return process.returncode, time.monotonic() - started
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:g} s")
+        time.sleep(0.05)
