@@ -244,6 +244,9 @@ class KpsClient:
         rows = body.get("tasks") if isinstance(body, dict) else None
         if isinstance(total, str) and total.isdigit():
             total = int(total)
+        if total is None and isinstance(rows, list):
+            # No `total` (the SDK's model makes it optional): a full page means "maybe more".
+            total = offset + len(rows) + (1 if len(rows) >= limit else 0)
         if not isinstance(rows, list) or not isinstance(total, int) or isinstance(total, bool):
             raise KpsError(
                 f"KPS returned {resource} of the wrong shape (expected total and tasks): "

@@ -145,3 +145,11 @@ def test_non_json_success_body(served):
     sim.fail_next(1, status=200, body="<html>maintenance</html>")
     with pytest.raises(KpsError, match="not JSON"):
         client.list_running_tasks()
+
+
+def test_missing_total_pages_until_a_short_page(served):
+    sim, client = served
+    sim.fail_next(1, status=200, body={"tasks": [{"task_id": "a"}, {"task_id": "b"}]})
+    sim.fail_next(1, status=200, body={"tasks": [{"task_id": "c"}]})
+    page = client.all_running_tasks(page_size=2)
+    assert [t.task_id for t in page.tasks] == ["a", "b", "c"]
