@@ -20,19 +20,9 @@ log = logging.getLogger("kpsbot")
 
 def setup_logging(settings: Settings) -> None:
     from kpsbot.logs import setup_logging as setup
+    from kpsbot.settings import SECRETS
 
-    setup(
-        settings.log_level,
-        [
-            settings.ak,
-            settings.sk,
-            settings.security_token,
-            settings.auth_token,
-            settings.slack_bot_token,
-            settings.slack_signing_secret,
-            settings.slack_app_token,
-        ],
-    )
+    setup(settings.log_level, [getattr(settings, name) for name in SECRETS])
 
 
 def slack_reason(exc: Exception) -> str:
@@ -95,11 +85,6 @@ def cli() -> None:
     """
 
 
-def kps_failure(exc) -> None:
-    """One stderr line with error_code, error_msg and request id; exit 1."""
-    fail(str(exc), EXIT_FAILED)
-
-
 # -- kpsbot tasks ------------------------------------------------------------------
 
 
@@ -129,7 +114,7 @@ def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json
         else:
             page = client.list_running_tasks(limit or settings.page_size, offset)
     except KpsError as exc:
-        kps_failure(exc)
+        fail(str(exc), EXIT_FAILED)  # one line: error_code, error_msg, request id
     if as_json:
         out = {"total": page.total, "tasks": [t.to_api() for t in page.tasks]}
         click.echo(json.dumps(out, ensure_ascii=False))
@@ -198,11 +183,26 @@ def watch(ctx: Context, once: bool) -> None:
     if not once:
         run_watcher_alone(watcher, store, settings)
         return
-    failed_before = store.failed_deliveries()
-    report = watcher.run_cycle()
+    from kpsbot.watch.loop import default_owner
+
+    owner = default_owner()
+    # The same lease as `kpsbot run`'s watcher: a one-off cycle never posts beside a running bot.
+    if not store.acquire_lease(owner, ttl=3 * settings.poll_seconds + 5):
+        fail(
+            f"another kpsbot ({store.lease_holder()}) is watching {settings.db_path}: stop it, or use "
+            "another KPSBOT_DB",
+            EXIT_FAILED,
+        )
+    try:
+        failed_before = store.failed_deliveries()
+        report = watcher.run_cycle()
+    finally:
+        store.release_lease(owner)
     click.echo(report.summary())
     if report.failed_deliveries > failed_before:
         fail(f"Slack refused a notification: {store.last_delivery_error()}", EXIT_FAILED)
+    if getattr(report, "delivery_error", None):
+        fail(f"Slack failed: {report.delivery_error} (the notification stays queued)", EXIT_FAILED)
     if not report.ok:
         sys.exit(EXIT_FAILED)
 
@@ -265,10 +265,14 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
     project_id = project_id or settings.project_id
     if not project_id:
         fail("KPS_PROJECT_ID is not set: set it, or pass --project-id", EXIT_USAGE)
+    ak, sk = ak or settings.ak, sk or settings.sk
+    if bool(ak) != bool(sk):
+        missing = "CLOUD_SDK_SK (or --sk)" if ak else "CLOUD_SDK_AK (or --ak)"
+        fail(f"{missing} is not set: the simulator checks signatures with both AK and SK", EXIT_USAGE)
     sim = Simulator(
         project_id=project_id,
-        ak=ak or settings.ak,
-        sk=sk or settings.sk,
+        ak=ak,
+        sk=sk,
         token=token or settings.auth_token,
         tasks=task_count,
         seed=seed,
@@ -293,6 +297,8 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
 @pass_context
 def run(ctx: Context, host: str) -> None:
     """Run the bot: Socket Mode if SLACK_APP_TOKEN is set, else HTTP on PORT; stops on SIGTERM/SIGINT."""
+    from urllib.error import URLError
+
     from slack_bolt.error import BoltError
     from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -324,7 +330,7 @@ def run(ctx: Context, host: str) -> None:
     loop = WatcherLoop(watcher, store, interval=settings.poll_seconds)
     work = WorkerPool()
     try:
-        app = build_app(settings, kps, store=store, executor=work)
+        app = build_app(settings, kps, executor=work)
         serve(
             app,
             settings,
@@ -334,6 +340,8 @@ def run(ctx: Context, host: str) -> None:
         )
     except (BoltError, SlackApiError, SlackClientError) as exc:
         fail(f"Slack refused to start the bot: {slack_reason(exc)}", EXIT_FAILED)
+    except URLError as exc:  # an OSError too, but it is Slack that cannot be reached
+        fail(f"cannot reach Slack at {settings.slack_api_url}: {exc.reason}", EXIT_FAILED)
     except OSError as exc:
         fail(f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}", EXIT_USAGE)
     finally:
@@ -357,7 +365,7 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
 
     Runs until Ctrl-C, or the --duration / --cycles bound.
     """
-    from kpsbot.demo import DemoOptions, run_demo
+    from kpsbot.demo import DemoError, DemoOptions, run_demo
 
     settings = ctx.settings
     if settings.channel and not settings.slack_bot_token:
@@ -365,7 +373,10 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
     options = DemoOptions(
         duration=duration, cycles=cycles, db_path=db_path, show_blocks=show_blocks, seed=seed
     )
-    sys.exit(run_demo(settings, options, sys.stdout))
+    try:
+        sys.exit(run_demo(settings, options, sys.stdout))
+    except DemoError as exc:
+        fail(str(exc), exc.exit_code)
 
 
 def main() -> None:

@@ -6,9 +6,12 @@ import json
 import logging
 import secrets
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -28,6 +31,14 @@ log = logging.getLogger(__name__)
 
 DEMO_PROJECT = "demo0000000000000000000000000001"
 POLL_SECONDS = 2.0
+
+
+class DemoError(Exception):
+    """Something the person running the demo must fix; `exit_code` follows SPEC §3."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -72,12 +83,19 @@ class Demo:
     def run(self) -> int:
         options = self.options
         sim, ak, sk = simulated_project(options.seed)
-        with SimulatorServer(sim) as server, tempfile.TemporaryDirectory(prefix="kpsbot-demo-") as tmp:
-            db_path = options.db_path or str(Path(tmp) / "kpsbot-demo.db")
+        with SimulatorServer(sim) as server, ExitStack() as stack:
+            if options.db_path:
+                db_path = options.db_path
+            else:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kpsbot-demo-"))
+                db_path = str(Path(tmp) / "kpsbot-demo.db")
             kps = KpsClient(server.url, DEMO_PROJECT, AkSkAuth(ak, sk, DEMO_PROJECT), timeout=(2, 5))
             # The rest of kpsbot sees an ordinary configuration that points at the simulator.
             settings = replace(self.settings, project_id=DEMO_PROJECT, endpoint=server.url, region=None)
-            store = Store(db_path)
+            try:
+                store = Store(db_path)
+            except (OSError, sqlite3.Error, RuntimeError) as exc:
+                raise DemoError(f"cannot open --db {db_path}: {exc}", 2) from None
             try:
                 return self._run(settings, kps, store, server.url, db_path)
             finally:
@@ -100,14 +118,13 @@ class Demo:
         )
         if settings.slack_bot_token and settings.channel:
             self.say(f"Notifications are also posted to Slack channel {settings.channel}.\n")
-        slack = self._slack_services(settings, kps, store)
+        slack = self._slack_services(settings, kps)
         self._print_first_page(kps, settings)
         self.say("Notifications, as they would read in Slack:\n")
         deadline = time.monotonic() + options.duration if options.duration else None
         cycle = 0
         try:
-            for service in slack:
-                service.start()
+            self._start(slack)
             while not self.stop.is_set():
                 cycle += 1
                 report = watcher.run_cycle()
@@ -122,7 +139,10 @@ class Demo:
                 self.stop.wait(wait)
         finally:
             for service in reversed(slack):
-                service.stop(timeout=3)
+                try:
+                    service.stop(timeout=3)
+                except Exception:  # a service that never started; the demo is ending anyway
+                    log.debug("cannot stop %s", type(service).__name__, exc_info=True)
         events = store.events()
         started = sum(1 for e in events if e["kind"] == "started")
         finished = sum(1 for e in events if e["kind"] == "finished")
@@ -144,22 +164,47 @@ class Demo:
             self.say(json.dumps(page["blocks"], indent=2, ensure_ascii=False))
         self.say("")
 
-    def _slack_services(self, settings: Settings, kps: KpsClient, store: Store) -> list:
+    def _slack_services(self, settings: Settings, kps: KpsClient) -> list:
         """Serve /kps-tasks against the simulator when a Slack app is configured."""
-        if not (settings.slack_bot_token and (settings.slack_app_token or settings.slack_signing_secret)):
+        if not settings.slack_configured:
             return []
         from kpsbot.slack.app import build_app
         from kpsbot.slack.server import slack_services
         from kpsbot.slack.workers import WorkerPool
 
         work = WorkerPool()
-        app = build_app(settings, kps, store=store, executor=work)
+        with slack_errors():
+            app = build_app(settings, kps, executor=work)
         mode = "Socket Mode" if settings.socket_mode else f"HTTP on port {settings.port}"
         self.say(f"Serving /kps-tasks against the simulator ({mode}).\n")
         return [
             work,
             *slack_services(app, settings, lambda: {"status": "ok", "demo": True}, host="127.0.0.1"),
         ]
+
+    @staticmethod
+    def _start(services: list) -> None:
+        with slack_errors():
+            for service in services:
+                service.start()
+
+
+@contextmanager
+def slack_errors() -> Iterator[None]:
+    """Slack failures while setting up become a DemoError (exit 1), a busy port a usage error."""
+    from urllib.error import URLError
+
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackClientError
+
+    try:
+        yield
+    except (BoltError, SlackClientError) as exc:
+        raise DemoError(f"Slack refused to start the bot: {str(exc).splitlines()[0]}", 1) from None
+    except URLError as exc:
+        raise DemoError(f"cannot reach Slack: {exc.reason}", 1) from None
+    except OSError as exc:
+        raise DemoError(f"cannot listen for Slack requests: {exc.strerror or exc}", 2) from None
 
 
 def run_demo(settings: Settings, options: DemoOptions, out: IO[str]) -> int:

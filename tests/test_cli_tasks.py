@@ -156,3 +156,9 @@ def test_usage_error_exit_2(tmp_path):
 def test_python_dash_m_and_version(tmp_path):
     result = run_cli(["--version"], tmp_path)
     assert result.returncode == 0 and "kpsbot" in result.stdout
+
+
+def test_simulate_with_half_an_aksk_pair_is_a_settings_error(tmp_path):
+    result = run_cli(["simulate", "--port", "0", "--project-id", "p", "--ak", "ONLYAK"], tmp_path)
+    assert result.returncode == 2
+    assert "CLOUD_SDK_SK" in result.stderr and "Traceback" not in result.stderr

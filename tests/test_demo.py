@@ -96,3 +96,49 @@ def test_demo_posts_to_slack_and_serves_kps_tasks_when_slack_is_configured(tmp_p
         assert posts and all(p["args"]["channel"] == "C0DEMO" for p in posts)
         assert "Watching project" in out and "Serving /kps-tasks against the simulator" in out
         assert "xoxb-demo" not in out + err and SECRET not in out + err
+
+
+def test_demo_with_an_unusable_db_path_says_so_in_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kpsbot",
+            "demo",
+            "--cycles",
+            "1",
+            "--db",
+            str(tmp_path / "no" / "such" / "x.db"),
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("kpsbot:")] == [
+        line for line in result.stderr.splitlines() if line.strip()
+    ]
+    assert "--db" in result.stderr
+
+
+def test_demo_with_unreachable_slack_exits_1_without_a_traceback(tmp_path):
+    env = clean_env(
+        SLACK_BOT_TOKEN="xoxb-demo-unreachable",
+        SLACK_SIGNING_SECRET=SECRET,
+        SLACK_API_URL=f"http://127.0.0.1:{free_port()}/api/",
+        PORT=str(free_port()),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kpsbot", "demo", "--cycles", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Slack" in result.stderr and "Traceback" not in result.stderr
+    assert "xoxb-demo-unreachable" not in result.stderr + result.stdout

@@ -142,3 +142,19 @@ def test_run_without_slack_settings_runs_the_watcher_alone(backends, tmp_path):
     assert code == 0, stderr
     assert "running the watcher only" in stderr
     assert fake.calls_to("chat.postMessage") == []
+
+
+def test_unreachable_slack_exits_1_naming_slack(backends, tmp_path):
+    sim, sim_url, fake = backends
+    env = environment(sim_url, fake, PORT=str(free_port()))
+    env["SLACK_API_URL"] = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "kpsbot", "run", "--host", "127.0.0.1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach Slack" in result.stderr and "Traceback" not in result.stderr

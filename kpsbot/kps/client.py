@@ -54,7 +54,7 @@ class KpsError(Exception):
 
     def __str__(self) -> str:
         parts = [self.message]
-        if self.status:
+        if self.status and f"HTTP {self.status}" not in self.message:
             parts.append(f"HTTP {self.status}")
         if self.request_id:
             parts.append(f"request id {self.request_id}")
@@ -261,7 +261,8 @@ class KpsClient:
             if response.ok:
                 return self._json(response)
             error = self._error(response)
-            if error.error_code != THROTTLED or attempt == 2:
+            # urllib3 already retried a 429; APIG.0308 can also come under other statuses.
+            if error.error_code != THROTTLED or error.status == 429 or attempt == 2:
                 raise error
             self._sleep(2.0 * (attempt + 1))  # APIG.0308 is throttling under another status
         raise AssertionError("unreachable")
@@ -293,7 +294,7 @@ class KpsClient:
     def _error(self, response: requests.Response) -> KpsError:
         request_id = response.headers.get("X-Request-Id")
         try:
-            body = response.json()
+            body = json.loads(response.content)
         except ValueError:
             body = None
         code = msg = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
@@ -24,7 +23,6 @@ def build_app(
     settings: Settings,
     kps: KpsClient,
     *,
-    store: Any = None,
     executor: WorkerPool | None = None,
     client: WebClient | None = None,
     replies: TaskReplies | None = None,
@@ -32,8 +30,7 @@ def build_app(
     """The Bolt app for `/kps-tasks` and its buttons.
 
     `executor` runs the KPS calls and replies (anything with `submit(fn, *args, **kw) -> bool`);
-    by default a `WorkerPool` of daemon threads. `store` is accepted for listeners that will need
-    the database; the current ones do not. Building the app calls Slack's `auth.test`.
+    by default a `WorkerPool` of daemon threads. Building the app calls Slack's `auth.test`.
     """
     client = client or WebClient(base_url=settings.slack_api_url, token=settings.slack_bot_token)
     app = App(

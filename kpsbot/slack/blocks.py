@@ -10,11 +10,14 @@ from kpsbot.kps.models import RunningTask, TaskStatus, parse_operate_type
 from kpsbot.slack.paging import PageRef, encode_page_value
 from kpsbot.slack.query import Query
 from kpsbot.slack.text import (
+    HEADER_TEXT,
     MAX_BLOCKS,
     MESSAGE_TEXT,
+    SECTION_TEXT,
     action_emoji,
     action_label,
     code,
+    cut,
     date_token,
     duration,
     inline,
@@ -59,7 +62,13 @@ def _mrkdwn(text: str) -> dict:
 
 
 def _header(text: str) -> dict:
-    return {"type": "header", "text": {"type": "plain_text", "text": plain(text, 150), "emoji": True}}
+    return {"type": "header", "text": {"type": "plain_text", "text": plain(text, HEADER_TEXT), "emoji": True}}
+
+
+def _notice(text: str) -> dict:
+    """One section of mrkdwn that is already escaped (or trusted), with the same fallback text."""
+    text = cut(text, SECTION_TEXT)
+    return {"text": text, "blocks": [_section(text)]}
 
 
 def _context(*parts: str) -> dict:
@@ -188,9 +197,9 @@ def render_kps_error(exc: KpsError) -> dict:
         text += f" (HTTP {exc.status})"
     if exc.request_id:
         text += f" Request id {code(exc.request_id, ID)}."
-    return {"text": text}
+    return _notice(text)
 
 
 def render_notice(text: str) -> dict:
     """A one-line ephemeral notice (refusals, bad buttons, internal errors); `text` is trusted mrkdwn."""
-    return {"text": text}
+    return _notice(text)

@@ -9,7 +9,7 @@ from typing import Any
 from slack_bolt import App
 
 from kpsbot.slack.access import REFUSAL, AccessPolicy
-from kpsbot.slack.blocks import COMMAND, render_help
+from kpsbot.slack.blocks import COMMAND, render_help, render_notice
 from kpsbot.slack.query import HELP, parse_command
 from kpsbot.slack.replies import BUSY, TaskReplies
 from kpsbot.slack.workers import WorkerPool
@@ -29,7 +29,7 @@ def handle_kps_tasks(
     user, channel = command.get("user_id"), command.get("channel_id")
     if not access.allows(user, channel):
         log.info("refused /kps-tasks for user %s in channel %s (allow-list)", user, channel)
-        ack(text=REFUSAL, response_type="ephemeral")
+        ack(**render_notice(REFUSAL), response_type="ephemeral")
         return
     query = parse_command(command.get("text"))
     if query.kind == HELP:  # answered in the ack itself: no KPS call, no second request
@@ -39,7 +39,7 @@ def handle_kps_tasks(
     if work.submit(replies.answer, respond, query, who=who):
         ack()
     else:
-        ack(text=BUSY, response_type="ephemeral")
+        ack(**render_notice(BUSY), response_type="ephemeral")
 
 
 def register(app: App, *, replies: TaskReplies, work: WorkerPool, access: AccessPolicy) -> None:

@@ -14,6 +14,7 @@ from kpsbot.slack.blocks import (
     REFRESH,
     render_help,
     render_kps_error,
+    render_notice,
     render_task_page,
     render_task_status,
 )
@@ -223,3 +224,18 @@ def test_kps_errors_are_short_and_escaped(error, expected):
     assert expected in message["text"]
     assert len(message["text"]) < 500
     assert "<!channel>" not in message["text"] and "Traceback" not in message["text"]
+
+
+@pytest.mark.parametrize("text", ["You are not allowed to use /kps-tasks here.", ":hourglass: busy"])
+def test_notices_are_block_kit(text):
+    message = render_notice(text)
+    assert_valid_message(message)
+    assert message["blocks"][0]["text"]["text"] == text
+
+
+def test_kps_errors_are_block_kit():
+    message = render_kps_error(
+        KpsError("x", status=400, error_code="KPS.0005", error_msg="<bad>", request_id="r1")
+    )
+    assert_valid_message(message)
+    assert "&lt;bad&gt;" in message["blocks"][0]["text"]["text"]

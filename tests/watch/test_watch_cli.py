@@ -100,6 +100,10 @@ def test_process_killed_after_storing_sends_on_next_run(sim, slack, env, tmp_pat
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     assert not [c for c in slack.calls_to("chat.postMessage") if "web-killed" in c["args"]["text"]]
+    blocked = watch_once(env, tmp_path)  # the killed process still holds the watcher lease
+    assert blocked.returncode == 1 and "is watching" in blocked.stderr
+    with sqlite3.connect(env["KPSBOT_DB"]) as conn:  # fast-forward to the lease's expiry
+        conn.execute("update lease set expires_at = 0")
     result = watch_once(env, tmp_path)
     assert result.returncode == 0 and "1 delivered" in result.stdout
     watch_once(env, tmp_path)
