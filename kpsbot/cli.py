@@ -201,7 +201,7 @@ def watch(ctx: Context, once: bool) -> None:
     click.echo(report.summary())
     if report.failed_deliveries > failed_before:
         fail(f"Slack refused a notification: {store.last_delivery_error()}", EXIT_FAILED)
-    if getattr(report, "delivery_error", None):
+    if report.delivery_error:
         fail(f"Slack failed: {report.delivery_error} (the notification stays queued)", EXIT_FAILED)
     if not report.ok:
         sys.exit(EXIT_FAILED)

@@ -179,6 +179,7 @@ class PollWrite:
     new_tasks: list[dict] = field(default_factory=list)  # TASK_COLUMNS + start_kind
     finished: list[dict] = field(default_factory=list)  # task_id, outcome, task_status, error_*, finished_at
     lookup_failed: list[str] = field(default_factory=list)  # still candidates; counter + 1
+    lookup_ok: list[str] = field(default_factory=list)  # found still running; counter back to 0
     events: list[dict] = field(default_factory=list)
     outbox: list[dict] = field(default_factory=list)  # kind, dedup_key, task_id, payload (dict)
     meta: dict[str, str | None] = field(default_factory=dict)  # None deletes the key
@@ -356,6 +357,11 @@ class Store:
                 conn.executemany(
                     "update tasks set lookup_failures = lookup_failures + 1 where task_id = ?",
                     [(task_id,) for task_id in poll.lookup_failed],
+                )
+            if poll.lookup_ok:
+                conn.executemany(
+                    "update tasks set lookup_failures = 0 where task_id = ?",
+                    [(task_id,) for task_id in poll.lookup_ok],
                 )
             if poll.events:
                 self.db["events"].insert_all(poll.events, batch_size=500)

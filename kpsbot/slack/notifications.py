@@ -281,3 +281,26 @@ def plain_text(message: Message) -> str:
         if block.get("type") == "context":
             lines.append(" · ".join(_unmrkdwn(e.get("text", "")) for e in block["elements"]))
     return "\n".join(lines) if lines else message.get("text", "")
+
+
+def render_summary(kind: str, payload: dict) -> Message:
+    """The message for an entry that is not about one task."""
+    if kind in ("started_burst", "finished_burst"):
+        return burst_message(
+            kind.split("_")[0],
+            payload["total"],
+            payload["counts"],
+            payload["sample"],
+            payload.get("outcomes"),
+        )
+    if kind == "baseline":
+        return baseline_message(
+            payload["project_id"], payload["location"], payload["count"], payload["counts"]
+        )
+    if kind == "outage":
+        return outage_message(
+            payload["since"], payload["polls"], payload["last_error"], payload["auth_rejected"]
+        )
+    if kind == "recovered":
+        return recovery_message(payload["since"], payload["until"], payload["polls"])
+    raise ValueError(f"unknown notification kind {kind!r}")

@@ -7,17 +7,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import FailedTask, RunningTask, TaskRecords, TaskStatus
+from kpsbot.slack.notifications import SAMPLE
 from kpsbot.slack.text import action_label
-from kpsbot.store import TASK_COLUMNS, PollWrite, Store
+from kpsbot.store import PollWrite, Store
 from kpsbot.watch.delivery import DeliveryReport, Outbox, Sender
 from kpsbot.watch.diff import (
-    FAILED,
     FINISHED,
     LOOKUP_FAILED,
     STARTED,
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SAMPLE = 10  # tasks listed in a burst summary
 PRUNE_EVERY = 6 * 3600.0
 OUTAGE_KEYS = ("outage_failures", "outage_since", "outage_last_error", "outage_auth", "outage_announced")
 
@@ -48,6 +47,7 @@ class CycleReport:
     error: str | None = None
     baseline: bool = False
     skipped_rows: int = 0
+    delivery_error: str | None = None  # a send failed this cycle (Slack down, refused, rate limited)
 
     def summary(self) -> str:
         if not self.ok:
@@ -60,7 +60,8 @@ class CycleReport:
             f"{self.delivered} delivered, {self.pending} pending, {self.failed_deliveries} failed deliveries"
         )
         skipped = f", {self.skipped_rows} unreadable rows skipped" if self.skipped_rows else ""
-        return f"{head}{skipped}; {tail}"
+        failed = f" (Slack delivery failed: {self.delivery_error})" if self.delivery_error else ""
+        return f"{head}{skipped}; {tail}{failed}"
 
 
 # -- pure planning ------------------------------------------------------------------------------
@@ -179,9 +180,7 @@ def _event(change: TaskChange, at: float) -> dict:
 
 
 def _task_row(task: RunningTask, start_kind: str) -> dict:
-    row = {name: getattr(task, name) for name in TASK_COLUMNS}
-    row["start_kind"] = start_kind
-    return row
+    return {**task.to_api(), "start_kind": start_kind}
 
 
 # -- the cycle ---------------------------------------------------------------------------------
@@ -232,12 +231,13 @@ class Watcher:
             sender,
             burst=settings.burst,
             outage_polls=settings.outage_polls,
-            project_id=settings.project_id or kps.project_id,
+            project_id=settings.project_id,
             location=settings.location if location is None else location,
             retention_days=settings.retention_days,
         )
 
-    def run_cycle(self) -> CycleReport:
+    def run_cycle(self, stop: threading.Event | None = None) -> CycleReport:
+        """One poll and one delivery round; `stop` set ends delivery between two entries."""
         begun = time.monotonic()
         # The stored ids are read while KPS pages arrive: the two waits overlap.
         known = _InBackground(self.store.running_task_ids)
@@ -249,20 +249,23 @@ class Watcher:
         else:
             report = self._record_success(page, begun, known.result())
         self._maybe_prune()
-        delivery = self.deliver()
-        return CycleReport(
-            **{
-                **report.__dict__,
-                "delivered": delivery.delivered,
-                "pending": delivery.pending,
-                "failed_deliveries": delivery.failed,
-            }
+        delivery = self.deliver(stop)
+        return replace(
+            report,
+            delivered=delivery.delivered,
+            pending=delivery.pending,
+            failed_deliveries=delivery.failed,
+            delivery_error=delivery.error,
         )
 
-    def deliver(self) -> DeliveryReport:
+    def deliver(self, stop: threading.Event | None = None) -> DeliveryReport:
         if self.outbox is None:
             return DeliveryReport(0, self.store.pending_deliveries(), self.store.failed_deliveries())
-        return self.outbox.deliver()
+        return self.outbox.deliver(stop)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no notification is mid-delivery (see Outbox.wait_idle)."""
+        return self.outbox is None or self.outbox.wait_idle(timeout)
 
     # -- a failed poll: nothing about tasks changes ----------------------------------------------
 
@@ -279,7 +282,7 @@ class Watcher:
             "outage_auth": "1" if exc.auth_rejected else "0",
         }
         outbox = []
-        if failures >= self.outage_polls and not meta.get("outage_announced"):
+        if self.outbox is not None and failures >= self.outage_polls and not meta.get("outage_announced"):
             outbox.append(
                 {
                     "kind": "outage",
@@ -293,7 +296,7 @@ class Watcher:
                 }
             )
             updates["outage_announced"] = "1"
-        self.store.record_poll(
+        self._save(
             PollWrite(at=now, ok=False, error=str(exc), duration_ms=_ms(begun), outbox=outbox, meta=updates)
         )
         return CycleReport(ok=False, error=str(exc))
@@ -301,19 +304,16 @@ class Watcher:
     # -- a good poll ----------------------------------------------------------------------------
 
     def _record_success(self, page: TaskRecords, begun: float, known: set[str]) -> CycleReport:
-        current = page
         meta = self.store.meta()
         if "baseline_at" not in meta:
-            return self._record_baseline(current, page, begun, known)
-        diff = diff_snapshot(known, current)
+            return self._record_baseline(page, begun, known)
+        diff = diff_snapshot(known, page)
         now = self.clock()
-        poll = PollWrite(
-            at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(page.skipped)
-        )
+        poll = PollWrite(at=now, ok=True, duration_ms=0, task_count=len(page), skipped_rows=len(page.skipped))
         if diff.unchanged and "outage_failures" not in meta:
             poll.duration_ms = _ms(begun)
-            self.store.record_poll(poll)  # the common case: one row, nothing else
-            return CycleReport(ok=True, tasks=len(current), skipped_rows=len(page.skipped))
+            self._save(poll)  # the common case: one row, nothing else
+            return CycleReport(ok=True, tasks=len(page), skipped_rows=len(page.skipped))
 
         start_kind = "message" if len(diff.appeared) <= self.burst else "burst"
         started = [TaskChange(STARTED, t, started_at=t.started_at) for t in diff.appeared]
@@ -324,23 +324,21 @@ class Watcher:
         self._recovery(meta, now, poll)
         poll.meta["last_ok_poll_at"] = repr(now)
         poll.duration_ms = _ms(begun)
-        self.store.record_poll(poll)
+        self._save(poll)
         return CycleReport(
             ok=True,
-            tasks=len(current),
+            tasks=len(page),
             started=len(started),
             finished=len(finished),
             skipped_rows=len(page.skipped),
         )
 
-    def _record_baseline(
-        self, current: TaskRecords, page: TaskRecords, begun: float, known: set[str]
-    ) -> CycleReport:
+    def _record_baseline(self, current: TaskRecords, begun: float, known: set[str]) -> CycleReport:
         """The first good poll; `known` (the stored running ids) is normally empty, unless restored."""
         now = self.clock()
         meta = self.store.meta()
         poll = PollWrite(
-            at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(page.skipped)
+            at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(current.skipped)
         )
         poll.new_tasks = [_task_row(t, "baseline") for task_id, t in current.items() if task_id not in known]
         poll.outbox = [
@@ -358,9 +356,16 @@ class Watcher:
         self._recovery(meta, now, poll)
         poll.meta.update(baseline_at=repr(now), last_ok_poll_at=repr(now))
         poll.duration_ms = _ms(begun)
-        self.store.record_poll(poll)
+        self._save(poll)
         log.info("baseline: %d tasks already running in project %s", len(current), self.project_id)
-        return CycleReport(ok=True, tasks=len(current), baseline=True, skipped_rows=len(page.skipped))
+        return CycleReport(ok=True, tasks=len(current), baseline=True, skipped_rows=len(current.skipped))
+
+    def _save(self, poll: PollWrite) -> None:
+        """Store the poll; without a sender nobody would read its notifications, so none are queued
+        (else they all flood the channel once one is configured)."""
+        if self.outbox is None:
+            poll.outbox = []
+        self.store.record_poll(poll)
 
     @staticmethod
     def _recovery(meta: dict[str, str], now: float, poll: PollWrite) -> None:
@@ -382,13 +387,13 @@ class Watcher:
     def _finished(
         self, gone: list[str], poll: PollWrite, now: float, last_ok: str | None
     ) -> list[tuple[TaskChange, str | None]]:
-        """Classify the tasks that left the list; fills poll.finished / poll.lookup_failed."""
+        """Classify the tasks that left the list; fills poll.finished / lookup_failed / lookup_ok."""
         if not gone:
             return []
         stored = self.store.tasks(gone)
         statuses = self._statuses(gone)
         failed_by_id: dict[str, FailedTask] = {}
-        if any(isinstance(s, TaskStatus) and s.state == FAILED.upper() for s in statuses.values()):
+        if any(isinstance(s, TaskStatus) and s.state == "FAILED" for s in statuses.values()):
             failed_by_id = self._failed_tasks()
         finished: list[tuple[TaskChange, str | None]] = []
         for task_id in gone:
@@ -404,8 +409,10 @@ class Watcher:
                 )
                 poll.lookup_failed.append(task_id)
                 continue
-            if not outcome.finished:
-                continue  # still READY_/RUNNING_: the list missed it
+            if not outcome.finished:  # still READY_/RUNNING_: the list missed it
+                if row.lookup_failures:
+                    poll.lookup_ok.append(task_id)  # the failures must be in a row
+                continue
             task = RunningTask(**row.to_api())
             started_at = task.started_at or _utc(row.first_seen)
             change = TaskChange(
@@ -414,7 +421,6 @@ class Watcher:
                 outcome,
                 started_at=started_at,
                 finished_at=_utc(now),
-                baseline=row.start_kind != "message",
             )
             finished.append((change, row.start_kind))
             poll.finished.append(

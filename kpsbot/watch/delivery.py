@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -276,6 +277,7 @@ class DeliveryReport:
     delivered: int
     pending: int
     failed: int  # entries Slack refused for good (all time, as /healthz shows them)
+    error: str | None = None  # why this round's last failed send failed (None: no send failed)
 
 
 class Deferred(Exception):
@@ -303,29 +305,47 @@ class Outbox:
         self.max_backoff = max_backoff
         self.max_attempts = max_attempts
         self.max_per_round = max_per_round
+        self._busy = threading.Lock()  # held from an entry's send until its outcome is stored
 
-    def deliver(self) -> DeliveryReport:
-        delivered = 0
+    def deliver(self, stop: threading.Event | None = None) -> DeliveryReport:
+        """Send the due entries; `stop` set ends the round between entries, never inside one."""
+        delivered, error = 0, None
         for entry in self.store.due_outbox(self.clock(), limit=self.max_per_round):
-            try:
-                self._send(entry)
-            except Deferred:
-                continue
-            except DeliveryFailure as exc:
-                self._failed(entry, exc)
-                if exc.halt:
+            with self._busy:
+                if stop is not None and stop.is_set():
                     break
-                continue
-            except Exception as exc:  # a bug must not stop the queue behind this entry
-                log.exception("cannot deliver the %s notification %s", entry.kind, entry.dedup_key)
-                self._failed(entry, DeliveryFailure(f"{type(exc).__name__}: {exc}"))
-                continue
+                try:
+                    self._send(entry)
+                except Deferred:
+                    continue
+                except DeliveryFailure as exc:
+                    self._failed(entry, exc)
+                    error = exc.reason
+                    if exc.halt:
+                        break
+                    continue
+                except Exception as exc:  # a bug must not stop the queue behind this entry
+                    log.exception("cannot deliver the %s notification %s", entry.kind, entry.dedup_key)
+                    error = f"{type(exc).__name__}: {exc}"
+                    self._failed(entry, DeliveryFailure(error))
+                    continue
             delivered += 1
-        return DeliveryReport(delivered, self.store.pending_deliveries(), self.store.failed_deliveries())
+        return DeliveryReport(
+            delivered, self.store.pending_deliveries(), self.store.failed_deliveries(), error
+        )
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no entry is between its send and its record (call after setting `stop`);
+        False if one still was after `timeout` seconds."""
+        if not self._busy.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return False
+        self._busy.release()
+        return True
 
     def _failed(self, entry: OutboxEntry, exc: DeliveryFailure) -> None:
         attempts = entry.attempts + 1
-        if exc.permanent or attempts >= self.max_attempts:
+        # Slack in trouble (halt) is waited out however long it lasts; only refusals count to the cap.
+        if exc.permanent or (not exc.halt and attempts >= self.max_attempts):
             log.error(
                 "Slack refused the %s notification %s for good: %s (fix the Slack settings; "
                 "it will not be retried)",
@@ -335,7 +355,7 @@ class Outbox:
             )
             self.store.mark_failed(entry.id, error=exc.reason)
             return
-        wait = min(self.base_backoff * 2 ** (attempts - 1), self.max_backoff)
+        wait = min(self.base_backoff * 2 ** min(attempts - 1, 30), self.max_backoff)
         wait = max(wait, exc.retry_after or 0)
         log.warning(
             "could not send the %s notification %s (attempt %d): %s; retrying in %.0f s",
@@ -364,14 +384,20 @@ class Outbox:
         elif kind == "finished_edit":
             self._send_edit(entry)
         else:
-            self._sent(entry, self.sender.post(render_summary(kind, payload)))
+            self._sent(entry, self.sender.post(note.render_summary(kind, payload)))
 
     def _start_message(self, entry: OutboxEntry) -> tuple[str | None, str | None]:
-        """(channel, ts) of the task's start message; Deferred while that message is still to be sent."""
+        """(channel, ts) of the task's start message; Deferred while that message is still to be sent.
+
+        A start message on another channel (e.g. printed by the console before Slack was set up)
+        counts as none: its ts means nothing to this sender.
+        """
         task = self.store.task(entry.task_id) if entry.task_id else None
         if task is None or task.start_kind != "message":
             return None, None
         if task.start_ts:
+            if task.start_channel != self.sender.channel:
+                return None, None
             return task.start_channel, task.start_ts
         if self.store.outbox_status(f"started:{entry.task_id}") == "pending":
             raise Deferred
@@ -379,8 +405,8 @@ class Outbox:
 
     def _send_finished(self, entry: OutboxEntry) -> None:
         task, outcome = RunningTask(**entry.payload["task"]), entry.payload
-        channel, ts = self._start_message(entry)
-        if ts and channel == self.sender.channel:
+        _, ts = self._start_message(entry)
+        if ts:
             message = note.finished_reply(task, outcome)
             self._sent(entry, self.sender.post(message, thread_ts=ts))
             return
@@ -402,26 +428,3 @@ class Outbox:
                 return
             raise
         self._sent(entry, ts, channel=channel)
-
-
-def render_summary(kind: str, payload: dict) -> note.Message:
-    """The message for an entry that is not about one task."""
-    if kind in ("started_burst", "finished_burst"):
-        return note.burst_message(
-            kind.split("_")[0],
-            payload["total"],
-            payload["counts"],
-            payload["sample"],
-            payload.get("outcomes"),
-        )
-    if kind == "baseline":
-        return note.baseline_message(
-            payload["project_id"], payload["location"], payload["count"], payload["counts"]
-        )
-    if kind == "outage":
-        return note.outage_message(
-            payload["since"], payload["polls"], payload["last_error"], payload["auth_rejected"]
-        )
-    if kind == "recovered":
-        return note.recovery_message(payload["since"], payload["until"], payload["polls"])
-    raise ValueError(f"unknown notification kind {kind!r}")

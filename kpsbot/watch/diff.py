@@ -97,7 +97,6 @@ class TaskChange:
     outcome: Outcome | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    baseline: bool = False  # finished, but kpsbot never announced its start
 
     @property
     def duration_s(self) -> float | None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 from support.fake_slack import assert_valid_message
 
+from kpsbot.kps.auth import AkSkAuth
+from kpsbot.kps.client import KpsClient, KpsError
+from kpsbot.kps.models import TaskStatus
 from kpsbot.store import Store
 from kpsbot.watch.cycle import Watcher
+from kpsbot.watch.delivery import ConsoleSender
 
-from .conftest import CHANNEL
+from .conftest import CHANNEL, slack_sender
 
 
 def posts(slack):
@@ -287,14 +292,61 @@ def test_finish_waits_for_its_start_message(sim, slack, make_watcher, clock):
     assert len(slack.calls_to("chat.update")) == 1
 
 
-def test_without_slack_events_are_still_recorded(sim, kps, db_path, clock):
+def test_without_slack_events_are_recorded_but_nothing_is_queued(sim, slack, kps, db_path, clock):
+    old = sim.add_task(server_name="old-01")
     with Store(db_path) as store:
-        watcher = Watcher(kps, store, None, clock=clock)
+        watcher = Watcher(kps, store, None, clock=clock, outage_polls=1)
         watcher.run_cycle()
-        sim.add_task()
+        started = sim.add_task(server_name="new-01")
         report = watcher.run_cycle()
-        assert report.started == 1 and report.pending == 2  # the baseline summary and the start
-        assert [e["kind"] for e in store.events()] == ["started"]
+        assert report.started == 1 and report.pending == 0
+        sim.finish_task(old["task_id"], success=True)
+        sim.finish_task(started["task_id"], success=False)
+        assert watcher.run_cycle().finished == 2
+        sim.fail_next(1, status=503)
+        watcher.run_cycle()  # an outage...
+        watcher.run_cycle()  # ...and its end
+        assert [e["kind"] for e in store.events()] == ["started", "finished", "finished"]
+        assert store.outbox() == []
+    # A channel configured later gets only what happens from then on, not a flood of backlog.
+    later = Watcher(kps, Store(db_path), slack_sender(slack), clock=clock)
+    sim.add_task(server_name="after-01")
+    later.run_cycle()
+    [only] = posts(slack)
+    assert "after-01" in all_text(only)
+    later.store.close()
+
+
+class FlakyStatusKps(KpsClient):
+    """The simulator's KPS, except that `tasks/{id}` fails while `fail_status` is set."""
+
+    fail_status = False
+
+    def get_task_status(self, task_id: str) -> TaskStatus:
+        if self.fail_status:
+            raise KpsError("KPS answered HTTP 503", status=503)
+        return super().get_task_status(task_id)
+
+
+def test_lookup_failures_must_be_in_a_row_to_give_up_on_a_task(sim, slack, clock, db_path):
+    kps = FlakyStatusKps(sim.url, "p1", AkSkAuth("AK", "SK", "p1"), retries=0, backoff=0)
+    with Store(db_path) as store:
+        watcher = Watcher(kps, store, slack_sender(slack), clock=clock)
+        watcher.run_cycle()
+        task = sim.add_task(server_name="slow-01")
+        watcher.run_cycle()
+        sim.hide_task(task["task_id"])  # a paging miss: still RUNNING_ behind the list
+        for _ in range(3):  # failed, failed, then a lookup that says it is still running
+            kps.fail_status = True
+            watcher.run_cycle()
+            kps.fail_status = True
+            watcher.run_cycle()
+            kps.fail_status = False
+            assert watcher.run_cycle().finished == 0
+        assert task["task_id"] in store.running_task_ids()
+        assert not any(
+            "finished" in c["args"]["text"] or c["args"].get("thread_ts") for c in posts(slack)[2:]
+        )
 
 
 def test_unparseable_rows_are_counted_in_the_poll(sim, slack, make_watcher):
@@ -304,3 +356,52 @@ def test_unparseable_rows_are_counted_in_the_poll(sim, slack, make_watcher):
     assert report.tasks == 1
     assert report.skipped_rows == 1 and watcher.store.last_poll().skipped_rows == 1
     assert "1 unreadable rows skipped" in report.summary()
+
+
+def test_a_round_halted_by_slack_trouble_reports_the_error(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    sim.add_task(server_name="web-down")
+    slack.fail_next(3, status=503)  # outlasts the client's own retries
+    report = watcher.run_cycle()
+    assert report.pending == 1 and "503" in report.delivery_error
+    assert "Slack delivery failed" in report.summary() and "503" in report.summary()
+    clock.advance(60)
+    report = watcher.run_cycle()
+    assert report.delivered == 1 and report.delivery_error is None
+
+
+def test_a_long_slack_outage_is_waited_out_but_refusals_are_capped(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.outbox.max_attempts = 2
+    watcher.run_cycle()
+    sim.add_task(server_name="web-patient")
+    for _ in range(4):  # twice the cap, every attempt a 5xx
+        slack.fail_next(3, status=500)
+        assert watcher.run_cycle().pending == 1
+        clock.advance(3600)
+    report = watcher.run_cycle()
+    assert (report.delivered, report.failed_deliveries) == (1, 0)
+    sim.add_task(server_name="web-refused")
+    for _ in range(2):  # an unknown ok:false error may never go away: it counts
+        slack.fail_next(1, error="weird_error")
+        report = watcher.run_cycle()
+        clock.advance(3600)
+    assert (report.pending, report.failed_deliveries) == (0, 1) and report.delivery_error == "weird_error"
+
+
+def test_start_printed_on_the_console_finishes_standalone_in_slack(sim, slack, kps, db_path, clock):
+    with Store(db_path) as store:
+        console = Watcher(kps, store, ConsoleSender(io.StringIO(), clock=clock), clock=clock)
+        console.run_cycle()
+        task = sim.add_task(server_name="web-moved")
+        console.run_cycle()
+        assert store.task(task["task_id"]).start_channel == "console"
+        slack_watcher = Watcher(kps, store, slack_sender(slack), clock=clock)
+        sim.finish_task(task["task_id"], success=True)
+        report = slack_watcher.run_cycle()
+        assert (report.pending, report.failed_deliveries, report.delivery_error) == (0, 0, None)
+        assert store.outbox_status(f"finished_edit:{task['task_id']}") == "skipped"
+        [finished] = posts(slack)
+        assert "thread_ts" not in finished["args"] and "web-moved" in all_text(finished)
+        assert slack.calls_to("chat.update") == []

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from kpsbot.store import Store
+from kpsbot.watch.cycle import Watcher
 from kpsbot.watch.loop import WatcherLoop
+
+from .conftest import slack_sender
 
 
 class CountingWatcher:
@@ -13,13 +17,16 @@ class CountingWatcher:
         self.cycles = 0
         self.fail = fail
 
-    def run_cycle(self):
+    def run_cycle(self, stop=None):
         self.cycles += 1
         if self.fail:
             raise RuntimeError("boom")
         from kpsbot.watch.cycle import CycleReport
 
         return CycleReport(ok=True)
+
+    def wait_idle(self, timeout=None) -> bool:
+        return True
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -72,8 +79,8 @@ class SlowWatcher(CountingWatcher):
         super().__init__()
         self.seconds = seconds
 
-    def run_cycle(self):
-        report = super().run_cycle()
+    def run_cycle(self, stop=None):
+        report = super().run_cycle(stop)
         time.sleep(self.seconds)
         return report
 
@@ -90,3 +97,37 @@ def test_a_cycle_longer_than_the_lease_keeps_the_lease(tmp_path):
         assert other.cycles == 0 and store_a.lease_holder() == "a"
         b.stop()
         a.stop(timeout=5)
+
+
+class SlowSlack:
+    """Slack whose chat.postMessage takes `seconds`; `posting` is set once a post is under way."""
+
+    def __init__(self, sender, seconds: float) -> None:
+        self.sender, self.seconds = sender, seconds
+        self.channel = sender.channel
+        self.posting = threading.Event()
+
+    def post(self, message, *, thread_ts=None):
+        self.posting.set()
+        time.sleep(self.seconds)
+        return self.sender.post(message, thread_ts=thread_ts)
+
+    def update(self, channel, ts, message):
+        self.sender.update(channel, ts, message)
+
+
+def test_stop_never_leaves_a_delivery_between_send_and_record(sim, kps, slack, tmp_path):
+    path = tmp_path / "k.db"
+    with Store(path) as store:
+        Watcher(kps, store, None).run_cycle()  # the baseline, quietly
+        for i in range(3):
+            sim.add_task(server_name=f"web-{i}")
+        sender = SlowSlack(slack_sender(slack), seconds=0.5)
+        loop = WatcherLoop(Watcher(kps, store, sender), store, interval=60, owner="a").start()
+        assert sender.posting.wait(5)
+        loop.stop(timeout=2)  # longer than the send in flight, shorter than the other two sends
+        # Whatever reached Slack is recorded as sent before stop returns, and nothing more is sent.
+        sent = store.outbox("sent")
+        assert len(sent) == len(slack.calls_to("chat.postMessage")) == 1
+        time.sleep(0.7)
+        assert len(slack.calls_to("chat.postMessage")) == 1 and len(store.outbox("pending")) == 2
