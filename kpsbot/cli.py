@@ -154,7 +154,7 @@ def health_report(settings: Settings, store, loop) -> dict:
     }
 
 
-@cli.command()
+@cli.command(short_help="Poll KPS; post task starts and finishes.")
 @click.option(
     "--once",
     is_flag=True,
@@ -287,7 +287,7 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
 # -- kpsbot run --------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Run the bot: the Slack app plus the watcher.")
 @click.option(
     "--host",
     default="0.0.0.0",
@@ -351,7 +351,7 @@ def run(ctx: Context, host: str) -> None:
 # -- kpsbot demo --------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="The whole job locally, no accounts needed.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None, help="Stop after S seconds.")
 @click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after N polls.")
 @click.option("--db", "db_path", default=None, help="SQLite file to use (default: a temporary one).")
