@@ -7,10 +7,10 @@ from datetime import datetime
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.models import RunningTask, TaskStatus, parse_operate_type
+from kpsbot.slack.kit import context, header, section
 from kpsbot.slack.paging import PageRef, encode_page_value
 from kpsbot.slack.query import Query
 from kpsbot.slack.text import (
-    HEADER_TEXT,
     MAX_BLOCKS,
     MESSAGE_TEXT,
     SECTION_TEXT,
@@ -21,7 +21,6 @@ from kpsbot.slack.text import (
     date_token,
     duration,
     inline,
-    plain,
 )
 
 PREV, NEXT, REFRESH = "kps_tasks_prev", "kps_tasks_next", "kps_tasks_refresh"
@@ -57,26 +56,10 @@ def _message(text: str, blocks: list[dict]) -> dict:
     return {"text": inline(text, MESSAGE_TEXT), "blocks": blocks[:MAX_BLOCKS]}
 
 
-def _mrkdwn(text: str) -> dict:
-    return {"type": "mrkdwn", "text": text}
-
-
-def _header(text: str) -> dict:
-    return {"type": "header", "text": {"type": "plain_text", "text": plain(text, HEADER_TEXT), "emoji": True}}
-
-
 def _notice(text: str) -> dict:
     """One section of mrkdwn that is already escaped (or trusted), with the same fallback text."""
     text = cut(text, SECTION_TEXT)
-    return {"text": text, "blocks": [_section(text)]}
-
-
-def _context(*parts: str) -> dict:
-    return {"type": "context", "elements": [_mrkdwn(" · ".join(p for p in parts if p))]}
-
-
-def _section(text: str) -> dict:
-    return {"type": "section", "text": _mrkdwn(text)}
+    return {"text": text, "blocks": [section(text)]}
 
 
 def _where(project_id: str, location: str) -> str:
@@ -107,7 +90,7 @@ def task_section(task: RunningTask, now: datetime) -> dict:
     elif started is not None:
         lines[1] += f" · running {duration(now - started)}"
     lines.append(f"Task {code(task.task_id, ID)}")
-    return _section("\n".join(lines))
+    return section("\n".join(lines))
 
 
 def render_task_page(
@@ -138,13 +121,13 @@ def render_task_page(
         summary = f"No {kind} tasks right now. :sparkles:" if kind == "running" else f"No {kind} tasks."
         fallback = f"No {kind} KPS tasks in project {project_id}"
     blocks = [
-        _header(f"{'Failed' if query.failed else 'Running'} KPS key-pair tasks"),
-        _context(
+        header(f"{'Failed' if query.failed else 'Running'} KPS key-pair tasks"),
+        context(
             _where(project_id, location),
             f"Filter: {wanted}" if wanted else "",
             f"Updated {date_token(now, '%H:%M UTC')}",
         ),
-        _section(summary),
+        section(summary),
         *(task_section(task, now) for task in shown),
     ]
     buttons = []
@@ -168,15 +151,15 @@ def render_task_status(status: TaskStatus, project_id: str, location: str) -> di
         f"{emoji} *{words}*{what}",
         f"Task {code(status.task_id, ID)} · server {code(status.server_id, ID)}",
     ]
-    blocks = [_header("KPS task status"), _context(_where(project_id, location)), _section("\n".join(lines))]
+    blocks = [header("KPS task status"), context(_where(project_id, location)), section("\n".join(lines))]
     return _message(f"KPS task {status.task_id}: {words}", blocks)
 
 
 def render_help(problem: str = "") -> dict:
     blocks = []
     if problem:
-        blocks.append(_section(f":warning: {problem}"))
-    blocks.append(_section("*kpsbot* shows Huawei Cloud KPS key-pair tasks.\n" + "\n".join(HELP_LINES)))
+        blocks.append(section(f":warning: {problem}"))
+    blocks.append(section("*kpsbot* shows Huawei Cloud KPS key-pair tasks.\n" + "\n".join(HELP_LINES)))
     usage = f"Usage: {COMMAND} [help | failed | status <task_id> | reset | replace | unbind | <text>]"
     return _message(usage, blocks)
 

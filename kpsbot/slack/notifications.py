@@ -8,10 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kpsbot.kps.models import RunningTask
+from kpsbot.slack.kit import context, mrkdwn, section
 from kpsbot.slack.text import (
-    CONTEXT_TEXT,
     MESSAGE_TEXT,
-    SECTION_TEXT,
     action_emoji,
     action_label,
     cut,
@@ -30,18 +29,6 @@ SAMPLE = 10  # tasks listed in a burst summary
 
 OUTCOME_EMOJI = {"succeeded": ":white_check_mark:", "failed": ":x:", "unknown": ":grey_question:"}
 OUTCOME_WORD = {"succeeded": "succeeded", "failed": "failed", "unknown": "finished (outcome unknown)"}
-
-
-def _mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:
-    return {"type": "mrkdwn", "text": cut(text, limit)}
-
-
-def _section(text: str) -> dict:
-    return {"type": "section", "text": _mrkdwn(text)}
-
-
-def _context(*parts: str) -> dict:
-    return {"type": "context", "elements": [_mrkdwn(p, CONTEXT_TEXT) for p in parts if p][:10]}
 
 
 def _message(text: str, blocks: list[dict]) -> Message:
@@ -84,7 +71,7 @@ def _task_fields(task: RunningTask) -> dict:
         f"*Started*\n{date_token(task.started_at)}",
         f"*Task*\n{_code(task.task_id)}",
     ]
-    return {"type": "section", "fields": [_mrkdwn(f, FIELD_TEXT) for f in fields]}
+    return {"type": "section", "fields": [mrkdwn(f, FIELD_TEXT) for f in fields]}
 
 
 def _outcome_line(outcome: Mapping[str, Any]) -> str:
@@ -112,7 +99,7 @@ def started_message(task: RunningTask) -> Message:
     headline = f"{_what(task)} started on {_server(task)}"
     return _message(
         f"{label} started on {_name(task)}",
-        [_section(headline), _task_fields(task)],
+        [section(headline), _task_fields(task)],
     )
 
 
@@ -121,22 +108,22 @@ def start_message_finished(task: RunningTask, outcome: Mapping[str, Any]) -> Mes
     result = outcome.get("outcome", "unknown")
     label = _label(task)
     headline = f"{_what(task)} on {_server(task)}: {_outcome_line(outcome)}"
-    blocks = [_section(headline), _task_fields(task)]
+    blocks = [section(headline), _task_fields(task)]
     if error := _error_text(outcome):
-        blocks.append(_section(error))
+        blocks.append(section(error))
     return _message(f"{label} on {_name(task)} {OUTCOME_WORD.get(result, result)}", blocks)
 
 
 def finished_reply(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
     """The reply in the start message's thread."""
     result = outcome.get("outcome", "unknown")
-    blocks = [_section(_outcome_line(outcome))]
+    blocks = [section(_outcome_line(outcome))]
     if error := _error_text(outcome):
-        blocks.append(_section(error))
+        blocks.append(section(error))
     elif result == "unknown" and outcome.get("error_msg"):
-        blocks.append(_context(safe(outcome["error_msg"], ERROR_TEXT)))
+        blocks.append(context(safe(outcome["error_msg"], ERROR_TEXT)))
     if outcome.get("task_status"):
-        blocks.append(_context(f"KPS status {_code(outcome['task_status'])}"))
+        blocks.append(context(f"KPS status {_code(outcome['task_status'])}"))
     return _message(f"{_label(task)} {OUTCOME_WORD.get(result, result)}", blocks)
 
 
@@ -145,7 +132,7 @@ def finished_message(task: RunningTask, outcome: Mapping[str, Any], *, note: str
     what its start message would have become, plus a note on why it stands alone."""
     message = start_message_finished(task, outcome)
     if note:
-        message["blocks"].append(_context(note))
+        message["blocks"].append(context(note))
     return message
 
 
@@ -184,7 +171,7 @@ def burst_message(
     """One message for many starts (or finishes) in a single poll."""
     noun = "task" if total == 1 else "tasks"
     headline = f":zap: *{total:,} key-pair {noun} {kind}* since the last poll"
-    blocks = [_section(headline)]
+    blocks = [section(headline)]
     summary = [_counts_text(counts)]
     if outcomes:
         summary.append(
@@ -193,10 +180,10 @@ def burst_message(
                 for k, n in sorted(outcomes.items())
             )
         )
-    blocks.append(_section("\n".join(s for s in summary if s) or "_no details_"))
+    blocks.append(section("\n".join(s for s in summary if s) or "_no details_"))
     if sample:
-        blocks.append(_section(_sample_lines(sample, total)))
-    blocks.append(_context("Use `/kps-tasks` to see the tasks running now."))
+        blocks.append(section(_sample_lines(sample, total)))
+    blocks.append(context("Use `/kps-tasks` to see the tasks running now."))
     return _message(f"{total:,} key-pair {noun} {kind}", blocks)
 
 
@@ -204,11 +191,11 @@ def baseline_message(project_id: str, location: str, count: int, counts: Mapping
     noun = "task" if count == 1 else "tasks"
     where = f" in {safe(location, VALUE)}" if location else ""
     headline = f":eyes: Watching project {_code(project_id)}{where}: *{count:,} {noun} already running*"
-    blocks = [_section(headline)]
+    blocks = [section(headline)]
     if counts:
-        blocks.append(_context(_counts_text(counts)))
+        blocks.append(context(_counts_text(counts)))
     blocks.append(
-        _context("New tasks will be announced here, and each start message updated when it finishes.")
+        context("New tasks will be announced here, and each start message updated when it finishes.")
     )
     return _message(
         f"Watching project {safe(project_id, VALUE)}{where}: {count:,} {noun} already running", blocks
@@ -229,9 +216,9 @@ def outage_message(since: float, polls: int, last_error: str, auth_rejected: boo
         advice = "Task starts and finishes are not reported until KPS answers again."
         text = "KPS API unreachable"
     blocks = [
-        _section(headline),
-        _section(f"*Last error* ({polls:,} failed polls in a row): {safe(last_error, ERROR_TEXT)}"),
-        _context(advice),
+        section(headline),
+        section(f"*Last error* ({polls:,} failed polls in a row): {safe(last_error, ERROR_TEXT)}"),
+        context(advice),
     ]
     return _message(f"{text} (last error: {safe(last_error, ERROR_TEXT)})", blocks)
 
@@ -239,7 +226,7 @@ def outage_message(since: float, polls: int, last_error: str, auth_rejected: boo
 def recovery_message(since: float, until: float, polls: int) -> Message:
     took = duration(until - since)
     headline = f":white_check_mark: *KPS API reachable again* after {took} ({polls:,} failed polls)"
-    return _message(f"KPS API reachable again after {took}", [_section(headline)])
+    return _message(f"KPS API reachable again after {took}", [section(headline)])
 
 
 # -- a terminal's reading of a message ---------------------------------------------------
