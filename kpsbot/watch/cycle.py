@@ -318,11 +318,12 @@ class Watcher:
         start_kind = "message" if len(diff.appeared) <= self.burst else "burst"
         started = [TaskChange(STARTED, t, started_at=t.started_at) for t in diff.appeared]
         poll.new_tasks = [_task_row(t, start_kind) for t in diff.appeared]
-        finished = self._finished(diff.disappeared, poll, now, meta.get("last_ok_poll_at"))
+        # Disappeared tasks were last seen at the previous good poll: the polls table knows when.
+        previous = self.store.last_poll(ok=True)
+        finished = self._finished(diff.disappeared, poll, now, previous.at.timestamp() if previous else None)
         poll.events = [_event(c, now) for c in started] + [_event(c, now) for c, _ in finished]
         poll.outbox = plan_notifications(started, finished, burst=self.burst, stamp=f"{now:.6f}")
         self._recovery(meta, now, poll)
-        poll.meta["last_ok_poll_at"] = repr(now)
         poll.duration_ms = _ms(begun)
         self._save(poll)
         return CycleReport(
@@ -354,7 +355,7 @@ class Watcher:
             }
         ]
         self._recovery(meta, now, poll)
-        poll.meta.update(baseline_at=repr(now), last_ok_poll_at=repr(now))
+        poll.meta.update(baseline_at=repr(now))
         poll.duration_ms = _ms(begun)
         self._save(poll)
         log.info("baseline: %d tasks already running in project %s", len(current), self.project_id)
@@ -385,7 +386,7 @@ class Watcher:
             )
 
     def _finished(
-        self, gone: list[str], poll: PollWrite, now: float, last_ok: str | None
+        self, gone: list[str], poll: PollWrite, now: float, last_seen: float | None
     ) -> list[tuple[TaskChange, str | None]]:
         """Classify the tasks that left the list; fills poll.finished / lookup_failed / lookup_ok."""
         if not gone:
@@ -431,7 +432,7 @@ class Watcher:
                     "error_code": outcome.error_code,
                     "error_msg": outcome.error_msg,
                     "finished_at": now,
-                    "last_seen": float(last_ok) if last_ok else None,
+                    "last_seen": last_seen,
                 }
             )
         return finished
