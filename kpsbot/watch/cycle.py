@@ -306,7 +306,7 @@ class Watcher:
     def _record_success(self, page: TaskRecords, begun: float, known: set[str]) -> CycleReport:
         meta = self.store.meta()
         if "baseline_at" not in meta:
-            return self._record_baseline(page, begun, known)
+            return self._record_baseline(page, begun, known, meta)
         diff = diff_snapshot(known, page)
         now = self.clock()
         poll = PollWrite(at=now, ok=True, duration_ms=0, task_count=len(page), skipped_rows=len(page.skipped))
@@ -334,10 +334,11 @@ class Watcher:
             skipped_rows=len(page.skipped),
         )
 
-    def _record_baseline(self, current: TaskRecords, begun: float, known: set[str]) -> CycleReport:
+    def _record_baseline(
+        self, current: TaskRecords, begun: float, known: set[str], meta: dict[str, str]
+    ) -> CycleReport:
         """The first good poll; `known` (the stored running ids) is normally empty, unless restored."""
         now = self.clock()
-        meta = self.store.meta()
         poll = PollWrite(
             at=now, ok=True, duration_ms=0, task_count=len(current), skipped_rows=len(current.skipped)
         )
