@@ -25,22 +25,6 @@ def setup_logging(settings: Settings) -> None:
     setup(settings.log_level, [getattr(settings, name) for name in SECRETS])
 
 
-def slack_reason(exc: Exception) -> str:
-    """Slack's own error code (`invalid_auth`, …) when there is one, else the first line."""
-    response = getattr(exc, "response", None)
-    error = response.get("error") if response is not None and hasattr(response, "get") else None
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    hints = {
-        "invalid_auth": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
-        "not_authed": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
-        "token_revoked": "the token was revoked: reinstall the app",
-        "account_inactive": "the app was uninstalled: reinstall it",
-    }
-    if error:
-        return f"{error} ({hints[error]})" if error in hints else f"{error}"
-    return first
-
-
 def fail(message: str, code: int) -> None:
     click.echo(f"kpsbot: {message}", err=True)
     sys.exit(code)
@@ -297,13 +281,9 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
 @pass_context
 def run(ctx: Context, host: str) -> None:
     """Run the bot: Socket Mode if SLACK_APP_TOKEN is set, else HTTP on PORT; stops on SIGTERM/SIGINT."""
-    from urllib.error import URLError
-
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackApiError, SlackClientError
 
     from kpsbot.slack.app import build_app
-    from kpsbot.slack.server import serve
+    from kpsbot.slack.server import SlackStartError, serve, slack_start_errors
     from kpsbot.slack.workers import WorkerPool
     from kpsbot.watch.cycle import Watcher
     from kpsbot.watch.delivery import sender_for
@@ -330,20 +310,17 @@ def run(ctx: Context, host: str) -> None:
     loop = WatcherLoop(watcher, store, interval=settings.poll_seconds)
     work = WorkerPool()
     try:
-        app = build_app(settings, kps, executor=work)
-        serve(
-            app,
-            settings,
-            health=lambda: health_report(settings, store, loop),
-            background=[work, loop],
-            host=host,
-        )
-    except (BoltError, SlackApiError, SlackClientError) as exc:
-        fail(f"Slack refused to start the bot: {slack_reason(exc)}", EXIT_FAILED)
-    except URLError as exc:  # an OSError too, but it is Slack that cannot be reached
-        fail(f"cannot reach Slack at {settings.slack_api_url}: {exc.reason}", EXIT_FAILED)
-    except OSError as exc:
-        fail(f"cannot listen on {host}:{settings.port}: {exc.strerror or exc}", EXIT_USAGE)
+        with slack_start_errors(settings.slack_api_url, f"{host}:{settings.port}"):
+            app = build_app(settings, kps, executor=work)
+            serve(
+                app,
+                settings,
+                health=lambda: health_report(settings, store, loop),
+                background=[work, loop],
+                host=host,
+            )
+    except SlackStartError as exc:
+        fail(str(exc), exc.exit_code)
     finally:
         store.close()
 
@@ -366,6 +343,7 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
     Runs until Ctrl-C, or the --duration / --cycles bound.
     """
     from kpsbot.demo import DemoError, DemoOptions, run_demo
+    from kpsbot.slack.server import SlackStartError
 
     settings = ctx.settings
     if settings.channel and not settings.slack_bot_token:
@@ -375,7 +353,7 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
     )
     try:
         sys.exit(run_demo(settings, options, sys.stdout))
-    except DemoError as exc:
+    except (DemoError, SlackStartError) as exc:
         fail(str(exc), exc.exit_code)
 
 

@@ -10,8 +10,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -124,7 +123,7 @@ class Demo:
         deadline = time.monotonic() + options.duration if options.duration else None
         cycle = 0
         try:
-            self._start(slack)
+            self._start(slack, settings)
             while not self.stop.is_set():
                 cycle += 1
                 report = watcher.run_cycle()
@@ -169,11 +168,11 @@ class Demo:
         if not settings.slack_configured:
             return []
         from kpsbot.slack.app import build_app
-        from kpsbot.slack.server import slack_services
+        from kpsbot.slack.server import slack_services, slack_start_errors
         from kpsbot.slack.workers import WorkerPool
 
         work = WorkerPool()
-        with slack_errors():
+        with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
             app = build_app(settings, kps, executor=work)
         mode = "Socket Mode" if settings.socket_mode else f"HTTP on port {settings.port}"
         self.say(f"Serving /kps-tasks against the simulator ({mode}).\n")
@@ -183,28 +182,12 @@ class Demo:
         ]
 
     @staticmethod
-    def _start(services: list) -> None:
-        with slack_errors():
+    def _start(services: list, settings: Settings) -> None:
+        from kpsbot.slack.server import slack_start_errors
+
+        with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
             for service in services:
                 service.start()
-
-
-@contextmanager
-def slack_errors() -> Iterator[None]:
-    """Slack failures while setting up become a DemoError (exit 1), a busy port a usage error."""
-    from urllib.error import URLError
-
-    from slack_bolt.error import BoltError
-    from slack_sdk.errors import SlackClientError
-
-    try:
-        yield
-    except (BoltError, SlackClientError) as exc:
-        raise DemoError(f"Slack refused to start the bot: {str(exc).splitlines()[0]}", 1) from None
-    except URLError as exc:
-        raise DemoError(f"cannot reach Slack: {exc.reason}", 1) from None
-    except OSError as exc:
-        raise DemoError(f"cannot listen for Slack requests: {exc.strerror or exc}", 2) from None
 
 
 def run_demo(settings: Settings, options: DemoOptions, out: IO[str]) -> int:

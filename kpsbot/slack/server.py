@@ -8,7 +8,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from slack_bolt import App
@@ -166,6 +167,49 @@ class SocketModeService:
             log.info("Socket Mode connection closed; not waiting %.1f s more for its reader thread", timeout)
         else:
             log.info("Socket Mode connection closed")
+
+
+class SlackStartError(Exception):
+    """The Slack side could not start; the message says what to fix, `exit_code` follows SPEC §3."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+SLACK_ERROR_HINTS = {
+    "invalid_auth": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
+    "not_authed": "check SLACK_BOT_TOKEN / SLACK_APP_TOKEN",
+    "token_revoked": "the token was revoked: reinstall the app",
+    "account_inactive": "the app was uninstalled: reinstall it",
+}
+
+
+def slack_reason(exc: Exception) -> str:
+    """Slack's own error code (`invalid_auth`, …) with a hint when there is one, else the first line."""
+    response = getattr(exc, "response", None)
+    error = response.get("error") if response is not None and hasattr(response, "get") else None
+    if error:
+        return f"{error} ({SLACK_ERROR_HINTS[error]})" if error in SLACK_ERROR_HINTS else str(error)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def slack_start_errors(api_url: str, listen: str) -> Iterator[None]:
+    """Turns what can go wrong while building and serving the app into one SlackStartError."""
+    from urllib.error import URLError
+
+    from slack_bolt.error import BoltError
+    from slack_sdk.errors import SlackClientError
+
+    try:
+        yield
+    except (BoltError, SlackClientError) as exc:
+        raise SlackStartError(f"Slack refused to start the bot: {slack_reason(exc)}", 1) from None
+    except URLError as exc:  # an OSError too, but it is Slack that cannot be reached
+        raise SlackStartError(f"cannot reach Slack at {api_url}: {exc.reason}", 1) from None
+    except OSError as exc:
+        raise SlackStartError(f"cannot listen on {listen}: {exc.strerror or exc}", 2) from None
 
 
 def slack_services(app: App, settings: Settings, health: Health, *, host: str = "0.0.0.0") -> list[Service]:
