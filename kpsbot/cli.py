@@ -154,13 +154,7 @@ def watch(ctx: Context, once: bool) -> None:
     from kpsbot.watch.cycle import Watcher
     from kpsbot.watch.delivery import ConsoleSender, sender_for
 
-    settings = ctx.require("kps")
-    if settings.channel and not settings.slack_bot_token:
-        fail(
-            "KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token, or unset the channel "
-            "to print notifications here",
-            EXIT_USAGE,
-        )
+    settings = ctx.require("kps", "channel")
     store = open_store(settings)
     sender = sender_for(settings) or ConsoleSender(sys.stdout)
     watcher = Watcher.from_settings(settings, settings.kps_client(), store, sender)
@@ -289,12 +283,10 @@ def run(ctx: Context, host: str) -> None:
     from kpsbot.watch.delivery import sender_for
     from kpsbot.watch.loop import WatcherLoop
 
-    settings = ctx.require("kps")
+    settings = ctx.require("kps", "channel")
     slack_wanted = bool(settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret)
     if slack_wanted:
         ctx.require("slack")
-    elif settings.channel:
-        fail("KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token", EXIT_USAGE)
     kps = settings.kps_client()
     store = open_store(settings)
     watcher = Watcher.from_settings(settings, kps, store, sender_for(settings))
@@ -345,9 +337,7 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
     from kpsbot.demo import DemoError, DemoOptions, run_demo
     from kpsbot.slack.server import SlackStartError
 
-    settings = ctx.settings
-    if settings.channel and not settings.slack_bot_token:
-        fail("KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token", EXIT_USAGE)
+    settings = ctx.require("channel")
     options = DemoOptions(
         duration=duration, cycles=cycles, db_path=db_path, show_blocks=show_blocks, seed=seed
     )

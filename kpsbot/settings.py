@@ -110,6 +110,15 @@ class Settings:
             )
         return self
 
+    def require_channel(self) -> Settings:
+        """Notifications need a bot token to post with."""
+        if self.channel and not self.slack_bot_token:
+            raise SettingsError(
+                "KPSBOT_CHANNEL is set but SLACK_BOT_TOKEN is not: set the bot token, or unset the channel "
+                "to print notifications here"
+            )
+        return self
+
     @property
     def slack_configured(self) -> bool:
         return bool(self.slack_bot_token and (self.slack_app_token or self.slack_signing_secret))

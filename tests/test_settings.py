@@ -121,3 +121,9 @@ def test_env_file_loaded_and_real_environment_wins(tmp_path, monkeypatch, caplog
 def test_settings_object_is_frozen():
     with pytest.raises(AttributeError):
         Settings().project_id = "x"  # type: ignore[misc]
+
+
+def test_a_channel_needs_a_bot_token():
+    with pytest.raises(SettingsError, match="SLACK_BOT_TOKEN"):
+        settings_from({**BASE, "KPSBOT_CHANNEL": "C0123"}).require_channel()
+    assert settings_from({**BASE, "KPSBOT_CHANNEL": "C0123", "SLACK_BOT_TOKEN": "xoxb-1"}).require_channel()
