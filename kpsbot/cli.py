@@ -186,20 +186,16 @@ def watch(ctx: Context, once: bool) -> None:
 
 
 def run_watcher_alone(watcher, store, settings: Settings) -> None:
-    """The watcher loop in the foreground until SIGINT/SIGTERM; the lease is released on the way out."""
-    import signal
-    import threading
-
+    """The watcher loop in the foreground until SIGINT/SIGTERM, stopped within the same budget as
+    `kpsbot run`; the lease is released on the way out."""
+    from kpsbot.slack.server import run_services
     from kpsbot.watch.loop import WatcherLoop
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    loop = WatcherLoop(watcher, store, interval=settings.poll_seconds).start()
     log.info("watching project %s every %d s (Ctrl-C stops)", settings.project_id, settings.poll_seconds)
-    stop.wait()
-    loop.stop()
-    store.close()
+    try:
+        run_services([WatcherLoop(watcher, store, interval=settings.poll_seconds)])
+    finally:
+        store.close()
 
 
 # -- kpsbot simulate ---------------------------------------------------------------
