@@ -17,7 +17,7 @@ from typing import IO
 
 from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient, KpsError
-from kpsbot.settings import Settings
+from kpsbot.settings import ProjectSetting, Settings
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.notifications import plain_text
 from kpsbot.slack.query import parse_command
@@ -90,7 +90,8 @@ class Demo:
                 db_path = str(Path(tmp) / "kpsbot-demo.db")
             kps = KpsClient(server.url, DEMO_PROJECT, AkSkAuth(ak, sk, DEMO_PROJECT), timeout=(2, 5))
             # The rest of kpsbot sees an ordinary configuration that points at the simulator.
-            settings = replace(self.settings, project_id=DEMO_PROJECT, endpoint=server.url, region=None)
+            project = ProjectSetting(name=DEMO_PROJECT, region=None, id=DEMO_PROJECT)
+            settings = replace(self.settings, projects=(project,), endpoint_template=server.url)
             try:
                 store = Store(db_path)
             except (OSError, sqlite3.Error, RuntimeError) as exc:

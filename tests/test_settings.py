@@ -2,7 +2,7 @@
 
 import pytest
 
-from kpsbot.settings import Settings, SettingsError, read_environment, settings_from
+from kpsbot.settings import ProjectSetting, Settings, SettingsError, read_environment, settings_from
 
 BASE = {
     "KPS_PROJECT_ID": "p1",
@@ -14,7 +14,10 @@ BASE = {
 
 def test_defaults_and_region_endpoint():
     s = settings_from(BASE)
-    assert s.endpoint == "https://kms.cn-north-4.myhuaweicloud.com"
+    assert s.projects == (ProjectSetting("cn-north-4", "cn-north-4", "p1"),)
+    assert s.projects[0].endpoint(s.endpoint_template) == "https://kms.cn-north-4.myhuaweicloud.com"
+    assert s.iam_endpoint_template == "https://iam.{region}.myhuaweicloud.com"
+    assert (s.stuck_minutes, s.admin_users, s.log_format) == (60, (), "text")
     assert (s.poll_seconds, s.page_size, s.burst, s.outage_polls, s.retention_days, s.port) == (
         30,
         10,
@@ -29,7 +32,8 @@ def test_defaults_and_region_endpoint():
 
 def test_endpoint_override_wins_and_region_optional():
     s = settings_from({"KPS_PROJECT_ID": "p", "KPS_ENDPOINT": "http://127.0.0.1:9/", "KPS_AUTH_TOKEN": "t"})
-    assert s.endpoint == "http://127.0.0.1:9"
+    assert s.projects == (ProjectSetting("p", None, "p"),)  # named by its ID: there is no region
+    assert s.projects[0].endpoint(s.endpoint_template) == "http://127.0.0.1:9"
     assert s.require_kps().auth_kind == "token"
 
 
@@ -40,7 +44,8 @@ def test_aksk_preferred_over_token():
 @pytest.mark.parametrize(
     "env, name",
     [
-        ({"KPS_REGION": "cn-north-4", "CLOUD_SDK_AK": "a", "CLOUD_SDK_SK": "b"}, "KPS_PROJECT_ID"),
+        ({"KPS_REGION": "cn-north-4", "KPS_AUTH_TOKEN": "t"}, "KPS_PROJECT_ID"),
+        ({"CLOUD_SDK_AK": "a", "CLOUD_SDK_SK": "b"}, "KPS_PROJECTS"),
         ({"KPS_PROJECT_ID": "p", "CLOUD_SDK_AK": "a", "CLOUD_SDK_SK": "b"}, "KPS_REGION"),
         ({"KPS_PROJECT_ID": "p", "KPS_REGION": "cn-north-4"}, "CLOUD_SDK_AK"),
         ({"KPS_PROJECT_ID": "p", "KPS_REGION": "cn-north-4", "CLOUD_SDK_AK": "a"}, "CLOUD_SDK_SK"),
@@ -64,6 +69,11 @@ def test_missing_kps_settings_are_named(env, name):
         ("KPSBOT_CHANNEL", "#ops"),
         ("KPSBOT_ALLOWED_USERS", "alice,bob"),
         ("KPSBOT_LOG_LEVEL", "LOUD"),
+        ("KPSBOT_LOG_FORMAT", "xml"),
+        ("KPSBOT_STUCK_MINUTES", "-1"),
+        ("KPSBOT_ADMIN_USERS", "root"),
+        ("KPS_IAM_ENDPOINT", "iam.example.com"),
+        ("KPS_PROJECT_ID", "has spaces"),
     ],
 )
 def test_malformed_values_name_the_setting(key, value):
@@ -99,7 +109,7 @@ def test_repr_masks_every_secret():
     for text in (repr(s), str(s), repr(s.kps_auth()), repr(s.kps_client())):
         for value in secrets.values():
             assert value not in text
-    assert "project_id='p1'" in repr(s)
+    assert "id='p1'" in repr(s)
 
 
 def test_env_file_loaded_and_real_environment_wins(tmp_path, monkeypatch, caplog):
@@ -120,10 +130,98 @@ def test_env_file_loaded_and_real_environment_wins(tmp_path, monkeypatch, caplog
 
 def test_settings_object_is_frozen():
     with pytest.raises(AttributeError):
-        Settings().project_id = "x"  # type: ignore[misc]
+        Settings().db_path = "x"  # type: ignore[misc]
 
 
 def test_a_channel_needs_a_bot_token():
     with pytest.raises(SettingsError, match="SLACK_BOT_TOKEN"):
         settings_from({**BASE, "KPSBOT_CHANNEL": "C0123"}).require_channel()
     assert settings_from({**BASE, "KPSBOT_CHANNEL": "C0123", "SLACK_BOT_TOKEN": "xoxb-1"}).require_channel()
+
+
+# -- several projects (KPS_PROJECTS) -------------------------------------------------------
+
+AKSK = {"CLOUD_SDK_AK": "AKEXAMPLE", "CLOUD_SDK_SK": "SKEXAMPLE"}
+
+
+def test_projects_by_name_and_by_id():
+    s = settings_from({**AKSK, "KPS_PROJECTS": " cn-north-4, ap-southeast-1_prod:0a1b2c ,cn-east-3_dev"})
+    assert s.projects == (
+        ProjectSetting("cn-north-4", "cn-north-4", None),
+        ProjectSetting("ap-southeast-1_prod", "ap-southeast-1", "0a1b2c"),
+        ProjectSetting("cn-east-3_dev", "cn-east-3", None),
+    )
+    endpoints = [p.endpoint(s.endpoint_template) for p in s.projects]
+    assert endpoints[1] == "https://kms.ap-southeast-1.myhuaweicloud.com"
+    assert s.require_kps() is s
+    assert s.project("cn-east-3_dev") is s.projects[2] and s.project("nope") is None
+
+
+def test_region_alone_with_aksk_is_the_regions_default_project_looked_up():
+    s = settings_from({**AKSK, "KPS_REGION": "cn-north-4"})
+    assert s.projects == (ProjectSetting("cn-north-4", "cn-north-4", None),)
+    assert s.require_kps() is s
+
+
+def test_kps_region_is_ignored_beside_kps_projects():
+    # .env.example ships KPS_REGION=cn-north-4: adding KPS_PROJECTS must not make it an error.
+    s = settings_from({**AKSK, "KPS_REGION": "cn-north-4", "KPS_PROJECTS": "eu-west-0:abc"})
+    assert s.projects == (ProjectSetting("eu-west-0", "eu-west-0", "abc"),)
+
+
+def test_endpoint_templates_per_region():
+    env = {**AKSK, "KPS_PROJECTS": "cn-north-4:a,ap-southeast-1:b"}
+    s = settings_from({**env, "KPS_ENDPOINT": "http://127.0.0.1:8443/{region}/"})
+    assert [p.endpoint(s.endpoint_template) for p in s.projects] == [
+        "http://127.0.0.1:8443/cn-north-4",
+        "http://127.0.0.1:8443/ap-southeast-1",
+    ]
+    s = settings_from({**env, "KPS_IAM_ENDPOINT": "http://127.0.0.1:9/{region}"})
+    assert s.iam_endpoint_template == "http://127.0.0.1:9/{region}"
+    sdk = settings_from({**env, "HUAWEICLOUD_SDK_IAM_ENDPOINT": "https://iam.example.com"})
+    assert sdk.iam_endpoint_template == "https://iam.example.com"  # honoured as the official SDK does
+    one_region = settings_from(
+        {**AKSK, "KPS_PROJECTS": "cn-north-4:a,cn-north-4_dev:b", "KPS_ENDPOINT": "http://x"}
+    )
+    assert [p.endpoint(one_region.endpoint_template) for p in one_region.projects] == ["http://x", "http://x"]
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"KPS_PROJECTS": "cn-north-4,cn-north-4"}, ["KPS_PROJECTS", "'cn-north-4' twice"]),
+        ({"KPS_PROJECTS": "cn-north-4:a,cn-east-3:a"}, ["KPS_PROJECTS", "same project ID"]),
+        ({"KPS_PROJECTS": "North China"}, ["KPS_PROJECTS entry 'North China'", "region"]),
+        ({"KPS_PROJECTS": "prod"}, ["KPS_PROJECTS entry 'prod'"]),
+        ({"KPS_PROJECTS": ":abc"}, ["KPS_PROJECTS entry ':abc'", "no project name"]),
+        ({"KPS_PROJECTS": "cn-north-4:a b"}, ["KPS_PROJECTS entry 'cn-north-4:a b'", "malformed project ID"]),
+        ({"KPS_PROJECTS": " , "}, ["KPS_PROJECTS is empty"]),
+        ({"KPS_PROJECTS": "cn-north-4", "KPS_PROJECT_ID": "x"}, ["KPS_PROJECTS and KPS_PROJECT_ID"]),
+        (
+            {"KPS_PROJECTS": "cn-north-4:a,ap-southeast-1:b", "KPS_ENDPOINT": "http://127.0.0.1:1"},
+            ["KPS_ENDPOINT", "{region}", "ap-southeast-1, cn-north-4"],
+        ),
+        (
+            {"KPS_PROJECTS": "cn-north-4:a,ap-southeast-1:b", "KPS_IAM_ENDPOINT": "http://127.0.0.1:1"},
+            ["KPS_IAM_ENDPOINT", "{region}"],
+        ),
+        ({"KPS_PROJECT_ID": "p", "KPS_ENDPOINT": "http://h/{region}"}, ["KPS_ENDPOINT", "no region"]),
+    ],
+)
+def test_bad_project_settings_name_the_setting_and_the_entry(env, words):
+    with pytest.raises(SettingsError) as raised:
+        settings_from({**AKSK, **env})
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_an_iam_token_cannot_look_up_a_name():
+    s = settings_from({"KPS_AUTH_TOKEN": "tok", "KPS_PROJECTS": "cn-north-4:abc,cn-east-3_dev"})
+    with pytest.raises(SettingsError, match="KPS_PROJECTS entry 'cn-east-3_dev'.*KPS_AUTH_TOKEN"):
+        s.require_kps()
+    assert settings_from({"KPS_AUTH_TOKEN": "tok", "KPS_PROJECTS": "cn-north-4:abc"}).require_kps()
+
+
+def test_project_id_without_region_needs_an_endpoint():
+    with pytest.raises(SettingsError, match="KPS_REGION is not set"):
+        settings_from({**AKSK, "KPS_PROJECT_ID": "p1"}).require_kps()

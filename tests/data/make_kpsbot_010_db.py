@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.fake_slack import FakeSlack  # noqa: E402
 from slack_sdk import WebClient  # noqa: E402
+from support.fake_slack import FakeSlack  # noqa: E402
 
 from kpsbot.kps.auth import AkSkAuth  # noqa: E402
 from kpsbot.kps.client import KpsClient  # noqa: E402
@@ -51,7 +51,10 @@ def main(path: str) -> None:
         now += 30
         a = sim.add_task(server_name="web-a", task_id="task-a", task_time_ms=1_764_000_010_000)
         b = sim.add_task(
-            operate_type="RUNNING_REPLACE", server_name="db-b", task_id="task-b", task_time_ms=1_764_000_011_000
+            operate_type="RUNNING_REPLACE",
+            server_name="db-b",
+            task_id="task-b",
+            task_time_ms=1_764_000_011_000,
         )
         c = sim.add_task(operate_type="RUNNING_UNBIND", server_name="api-c", task_id="task-c")
         watcher.run_cycle()  # three start messages: threads for later
