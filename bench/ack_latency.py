@@ -1,8 +1,9 @@
 """Ack latency of `/kps-tasks` while KPS is slow, next to a bare Bolt app that only acks.
 
-Both apps run in this process behind the same waitress server set-up; 200 signed slash commands
-are sent to each (20 at a time, alternating blocks) while the KPS simulator delays every answer
-by 2 s. The number that matters is the ratio: kpsbot's acks must not queue behind KPS calls.
+Both apps run in this process behind the same HTTP server set-up (kpsbot's cheroot
+`HttpService`); 200 signed slash commands are sent to each (20 at a time, alternating blocks)
+while the KPS simulator delays every answer by 2 s. The number that matters is the ratio:
+kpsbot's acks must not queue behind KPS calls.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from slack_sdk import WebClient  # noqa: E402
 from support.fake_slack import FakeSlack  # noqa: E402
 from support.slack_requests import SECRET, Bot  # noqa: E402
 
+from kpsbot.services import HttpService  # noqa: E402
 from kpsbot.settings import settings_from  # noqa: E402
 from kpsbot.slack.app import build_app  # noqa: E402
-from kpsbot.slack.server import HttpService, make_wsgi_app  # noqa: E402
+from kpsbot.slack.server import make_wsgi_app  # noqa: E402
 
 
 def bare_app(fake: FakeSlack) -> App:
@@ -110,9 +112,6 @@ def main() -> int:
     args = parser.parse_args()
     # Replies still queued when the simulator stops fail to reach it; that is not what is measured.
     logging.getLogger("kpsbot.slack").setLevel(logging.CRITICAL)
-    # 20 commands at a time queue behind waitress's worker threads in both apps alike; waitress
-    # warns about every queued request, which would bury the table.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     result = run(40 if args.quick else args.commands, args.delay, args.concurrency)
     print_table(
         f"Ack latency, {result['commands']} signed /kps-tasks commands, KPS delayed {args.delay:g} s",

@@ -188,7 +188,7 @@ def watch(ctx: Context, once: bool) -> None:
 def run_watcher_alone(watcher, store, settings: Settings) -> None:
     """The watcher loop in the foreground until SIGINT/SIGTERM, stopped within the same budget as
     `kpsbot run`; the lease is released on the way out."""
-    from kpsbot.slack.server import run_services
+    from kpsbot.services import run_services
     from kpsbot.watch.loop import WatcherLoop
 
     log.info("watching project %s every %d s (Ctrl-C stops)", settings.project_id, settings.poll_seconds)

@@ -1,20 +1,20 @@
-"""Serving the Bolt app: waitress in HTTP mode, Bolt's SocketModeHandler in Socket Mode, and a
-service runner that starts everything, waits for SIGTERM/SIGINT and stops it all in time."""
+"""Serving the Bolt app: its HTTP routes (`/slack/events`, `/healthz`) in HTTP mode, Bolt's
+SocketModeHandler in Socket Mode, and what can go wrong while starting either."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
+from kpsbot.services import HttpService, Service, WsgiApp, run_services
 from kpsbot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,18 +22,8 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
 MAX_BODY = 64 * 1024  # Slack's payloads are a few KiB; anything this big is not from Slack
-STOP_BUDGET = 8.0  # seconds for all services to stop; SPEC allows 10 from the signal to exit
 
 Health = Callable[[], dict]
-WsgiApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
-
-
-class Service(Protocol):
-    """Anything `run_services` can run: the Slack side, the watcher, the worker pool."""
-
-    def start(self) -> None: ...
-
-    def stop(self, timeout: float) -> None: ...
 
 
 # -- HTTP ---------------------------------------------------------------------------
@@ -73,11 +63,7 @@ def make_wsgi_app(bolt_app: App | None, health: Health, *, max_body: int = MAX_B
         if path == EVENTS_PATH and handler is not None:
             if method != "POST":
                 return _reply(start_response, "405 Method Not Allowed", {"error": "use POST"})
-            try:
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = -1
-            if length < 0 or length > max_body:
+            if not _body_within(environ, max_body):
                 return _reply(start_response, "413 Content Too Large", {"error": "request body too large"})
             return handler(environ, start_response)
         return _reply(start_response, "404 Not Found", {"error": "not found"})
@@ -85,57 +71,26 @@ def make_wsgi_app(bolt_app: App | None, health: Health, *, max_body: int = MAX_B
     return wsgi
 
 
-class HttpService:
-    """waitress serving a WSGI app on a background thread; `port` is the bound port (0 picks one)."""
-
-    def __init__(
-        self,
-        wsgi_app: WsgiApp,
-        host: str = "0.0.0.0",
-        port: int = 3000,
-        *,
-        threads: int = 8,
-        max_body: int = MAX_BODY,
-    ) -> None:
-        self.wsgi_app = wsgi_app
-        self.host = host
-        self.port = port
-        self.threads = threads
-        self.max_body = max_body
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        from waitress.server import create_server
-
-        self._server = create_server(
-            self.wsgi_app,
-            host=self.host,
-            port=self.port,
-            threads=self.threads,
-            max_request_body_size=self.max_body,
-            ident="kpsbot",
-            channel_timeout=30,
-        )
-        self.port = self._server.effective_port
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-        self._thread.start()
-        log.info("serving HTTP on %s:%s (%s, %s)", self.host, self.port, EVENTS_PATH, HEALTH_PATH)
-
-    def stop(self, timeout: float = 3.0) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        from waitress import wasyncore
-
-        deadline = time.monotonic() + timeout
-        # Close every socket (listener, keep-alives, trigger) from inside the event loop, which then
-        # finds its map empty and returns; closing them from this thread races with select().
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
-        log.info("HTTP server stopped")
+def _body_within(environ: dict, max_body: int) -> bool:
+    """Whether the request body fits in `max_body` bytes. A body without Content-Length (chunked) is
+    read here, at most one byte past the limit, and handed on as if it had one."""
+    raw = environ.get("CONTENT_LENGTH")
+    if raw:
+        try:
+            return 0 <= int(raw) <= max_body
+        except ValueError:
+            return False
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return True
+    try:
+        body = environ["wsgi.input"].read(max_body + 1)
+    except OSError:  # the server's own limit (cheroot: "Request Entity Too Large")
+        return False
+    if len(body) > max_body:
+        return False
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return True
 
 
 class SocketModeService:
@@ -227,34 +182,6 @@ def slack_services(app: App, settings: Settings, health: Health, *, host: str = 
 # -- running ----------------------------------------------------------------------
 
 
-def run_services(
-    services: Sequence[Service], *, stop: threading.Event | None = None, budget: float = STOP_BUDGET
-) -> None:
-    """Start `services` in order, block until SIGTERM/SIGINT (or `stop` is set), then stop them in
-    reverse order within `budget` seconds in all. Signal handlers are installed only when called
-    from the main thread."""
-    stop = stop or threading.Event()
-    previous = _install_signal_handlers(stop)
-    started: list[Service] = []
-    try:
-        for service in services:
-            service.start()
-            started.append(service)
-        while not stop.wait(0.5):
-            pass
-        log.info("stopping")
-    finally:
-        deadline = time.monotonic() + budget
-        for index, service in enumerate(reversed(started)):
-            share = max(0.1, (deadline - time.monotonic()) / (len(started) - index))
-            try:
-                service.stop(timeout=share)
-            except Exception:
-                log.exception("error while stopping %s", type(service).__name__)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def serve(
     app: App,
     settings: Settings,
@@ -266,14 +193,3 @@ def serve(
 ) -> None:
     """`kpsbot run`: background services (worker pool, watcher) first, then the Slack side."""
     run_services([*background, *slack_services(app, settings, health, host=host)], stop=stop)
-
-
-def _install_signal_handlers(stop: threading.Event) -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handle(signum: int, frame: Any) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    return {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -205,7 +205,8 @@ def test_status_of_a_task_whose_id_is_markup_is_escaped_everywhere(served):
 
 @pytest.fixture(scope="module")
 def served_http(served):
-    from kpsbot.slack.server import HttpService, make_wsgi_app
+    from kpsbot.services import HttpService
+    from kpsbot.slack.server import make_wsgi_app
 
     app, sim, fake = served
     http = HttpService(make_wsgi_app(app, lambda: {"status": "ok"}), "127.0.0.1", 0)

@@ -19,11 +19,12 @@ from support.slack_requests import SECRET, Bot, signed_headers
 
 from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient
+from kpsbot.services import HttpService
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.app import build_app
 from kpsbot.slack.blocks import NEXT
-from kpsbot.slack.server import HttpService, make_wsgi_app
+from kpsbot.slack.server import make_wsgi_app
 from kpsbot.slack.workers import WorkerPool
 
 PROJECT = "p1"

@@ -8,10 +8,11 @@ from support.slack_requests import SECRET, Bot
 
 from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient
+from kpsbot.services import HttpService
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.app import build_app
-from kpsbot.slack.server import HttpService, make_wsgi_app
+from kpsbot.slack.server import make_wsgi_app
 from kpsbot.slack.workers import WorkerPool
 
 BOT_TOKEN = "xoxb-test"
