@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -106,16 +106,24 @@ def parse_authorization(value: str) -> dict[str, str] | None:
     return fields
 
 
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class AkSkAuth(requests.auth.AuthBase):
-    """Signs each request with SDK-HMAC-SHA256, the scheme Huawei's official SDKs use."""
+    """Signs each request with SDK-HMAC-SHA256, the scheme Huawei's official SDKs use.
+
+    `X-Project-Id` is signed when the request carries one (KPS calls do: the client sets it per
+    project) or `project_id` is given; IAM's project look-up carries none.
+    """
 
     def __init__(
         self,
         ak: str,
         sk: str,
-        project_id: str,
+        project_id: str | None = None,
         security_token: str | None = None,
-        clock=lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.ak = ak
         self._sk = sk
@@ -130,11 +138,10 @@ class AkSkAuth(requests.auth.AuthBase):
         parts = urlsplit(request.url)
         # Only the headers we control are signed: requests adds User-Agent, Accept etc.,
         # and a proxy may rewrite them.
-        to_sign = {
-            "Host": parts.netloc,
-            "X-Sdk-Date": self._clock().strftime(DATE_FORMAT),
-            "X-Project-Id": self.project_id,
-        }
+        to_sign = {"Host": parts.netloc, "X-Sdk-Date": self._clock().strftime(DATE_FORMAT)}
+        project = request.headers.get("X-Project-Id") or self.project_id
+        if project:
+            to_sign["X-Project-Id"] = project
         if self._security_token:
             to_sign["X-Security-Token"] = self._security_token
         body = request.body or b""
@@ -159,6 +166,6 @@ class TokenAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["X-Auth-Token"] = self._token
-        if self.project_id:
+        if self.project_id and "X-Project-Id" not in request.headers:
             request.headers["X-Project-Id"] = self.project_id
         return request

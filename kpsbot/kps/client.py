@@ -1,9 +1,11 @@
-"""HTTP client for the KPS task API: one pooled session, bounded retries, one error type."""
+"""HTTP clients for KPS's task API and IAM's project look-up: one pooled session, bounded retries,
+bounded concurrency, one error type."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +28,7 @@ PREFETCH_PAGES = 3  # pages requested ahead of the one being read
 
 
 class KpsError(Exception):
-    """A KPS call that failed: HTTP status, KPS error code and message, and the request id."""
+    """A KPS (or IAM) call that failed: HTTP status, error code and message, and the request id."""
 
     def __init__(
         self,
@@ -97,30 +99,154 @@ def _excerpt(text: str, size: int = 120) -> str:
     return text if len(text) <= size else text[:size] + "…"
 
 
-class KpsClient:
-    """Reads running tasks, failed tasks and task status for one project."""
+Observer = Callable[[str, "int | None"], None]  # (endpoint, HTTP status or None) after each request
+
+
+class ApiClient:
+    """GETs against one Huawei Cloud API endpoint, with its errors turned into KpsError.
+
+    Clients of several projects (and IAM) share one session (pool, retry policy, auth) and one
+    `limiter`, a semaphore that bounds the requests in flight across all of them: API Gateway
+    throttles (APIG.0308) an account that sends too many at once.
+    """
+
+    service = "KPS"
 
     def __init__(
         self,
         endpoint: str,
-        project_id: str,
-        auth: requests.auth.AuthBase,
+        auth: requests.auth.AuthBase | None = None,
         *,
         timeout: tuple[float, float] = (5.0, 15.0),
         session: requests.Session | None = None,
         retries: int = 3,
         backoff: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: threading.Semaphore | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self.project_id = project_id
         self.timeout = timeout
         self.session = session or build_session(retries=retries, backoff=backoff)
-        self.session.auth = auth
+        if auth is not None:
+            self.session.auth = auth
+        self.limiter = limiter
+        self._observe = observe
         self._sleep = sleep
+
+    def _get(
+        self, path: str, params: dict[str, str] | None = None, *, headers: dict[str, str] | None = None
+    ) -> Any:
+        url = f"{self.endpoint}{path}"
+        name = _endpoint_name(path)
+        for attempt in range(3):
+            response = self._send(url, params, headers, name)
+            if response.ok:
+                return self._json(response)
+            error = self._error(response)
+            # urllib3 already retried a 429; APIG.0308 can also come under other statuses.
+            if error.error_code != THROTTLED or error.status == 429 or attempt == 2:
+                raise error
+            self._sleep(2.0 * (attempt + 1))  # APIG.0308 is throttling under another status
+        raise AssertionError("unreachable")
+
+    def _send(
+        self, url: str, params: dict[str, str] | None, headers: dict[str, str] | None, name: str
+    ) -> requests.Response:
+        status: int | None = None
+        try:
+            if self.limiter is not None:
+                self.limiter.acquire()
+            try:
+                response = self.session.get(url, params=params, headers=headers, timeout=self.timeout)
+            finally:
+                if self.limiter is not None:
+                    self.limiter.release()
+            status = response.status_code
+            return response
+        except requests.Timeout:
+            raise KpsError(
+                f"{self.service} did not answer within {self.timeout[1]:g} s", error_code="timeout"
+            ) from None
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+            raise KpsError(
+                f"cannot reach {self.service} at {self.endpoint} ({reason})", error_code="connection"
+            ) from None
+        finally:
+            if self._observe is not None:
+                self._observe(name, status)
+
+    def _json(self, response: requests.Response) -> Any:
+        # Straight from the bytes with the stdlib: Response.json() decodes the body to text first,
+        # and parses with simplejson when it happens to be installed.
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise KpsError(
+                f"{self.service} answered with a body that is not JSON: {_excerpt(response.text)!r}",
+                status=response.status_code,
+                request_id=response.headers.get("X-Request-Id"),
+            ) from None
+
+    def _error(self, response: requests.Response) -> KpsError:
+        request_id = response.headers.get("X-Request-Id")
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        code = msg = None
+        if isinstance(body, dict):
+            code = body.get("error_code")
+            msg = body.get("error_msg")
+            if isinstance(body.get("error"), dict):  # the API gateway's (and IAM's) own error shape
+                code = code or body["error"].get("code")
+                msg = msg or body["error"].get("message")
+        code = str(code) if code is not None else None
+        msg = str(msg) if msg is not None else None
+        if code or msg:
+            message = f"{self.service} error {code or '?'}: {msg or ''}".strip()
+        else:
+            excerpt = _excerpt(response.text) or "empty body"
+            message = f"{self.service} answered HTTP {response.status_code}: {excerpt}"
+        if response.status_code == 401 and isinstance(self.session.auth, TokenAuth):
+            message += (
+                " (the IAM token may have expired: tokens last 24 h; use CLOUD_SDK_AK/CLOUD_SDK_SK"
+                " for long-running use)"
+            )
+        return KpsError(
+            message, status=response.status_code, error_code=code, error_msg=msg, request_id=request_id
+        )
+
+
+def _endpoint_name(path: str) -> str:
+    """A bounded label for a request path: `running-tasks`, `failed-tasks`, `task-status`, `projects`."""
+    if path.endswith("/running-tasks"):
+        return "running-tasks"
+    if path.endswith("/failed-tasks"):
+        return "failed-tasks"
+    if "/tasks/" in path:
+        return "task-status"
+    if path.endswith("/projects"):
+        return "projects"
+    return "other"
+
+
+class KpsClient(ApiClient):
+    """Reads running tasks, failed tasks and task status for one project."""
+
+    def __init__(
+        self, endpoint: str, project_id: str, auth: requests.auth.AuthBase | None = None, **options: Any
+    ) -> None:
+        super().__init__(endpoint, auth, **options)
+        self.project_id = project_id
+        self._headers = {"X-Project-Id": project_id}
 
     def __repr__(self) -> str:
         return f"KpsClient({self.endpoint!r}, project_id={self.project_id!r})"
+
+    def _call(self, resource: str, params: dict[str, str] | None = None) -> Any:
+        return self._get(f"/v3/{quote(self.project_id, safe='')}/{resource}", params, headers=self._headers)
 
     # -- one page ---------------------------------------------------------------
 
@@ -131,19 +257,13 @@ class KpsClient:
         return self._page("failed-tasks", FailedTask, limit, offset)
 
     def get_task_status(self, task_id: str) -> TaskStatus:
-        body = self._get(f"tasks/{quote(task_id, safe='')}")
+        body = self._call(f"tasks/{quote(task_id, safe='')}")
         try:
             return TaskStatus.from_api(body, task_id)
         except MalformedTask as exc:
             raise KpsError(f"KPS returned a task status of the wrong shape: {exc}") from None
 
     # -- every page ---------------------------------------------------------------
-
-    def iter_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[RunningTask]:
-        yield from self._walk("running-tasks", RunningTask, page_size)
-
-    def iter_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> Iterator[FailedTask]:
-        yield from self._walk("failed-tasks", FailedTask, page_size)
 
     def all_running_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
         """Every running task (de-duplicated), with the rows that could not be parsed."""
@@ -186,8 +306,8 @@ class KpsClient:
         rows, and at most MAX_PAGES) are requested ahead on that many threads, so waiting for
         KPS overlaps with reading what has arrived. Pages are still taken strictly in order
         with the sequential stopping rules; when a short page moves the offsets, what was
-        fetched ahead is dropped and prefetching starts again from the new offset. Only callers that read
-        every page use it: a lazy walk stopped early must not have asked for more.
+        fetched ahead is dropped and prefetching starts again from the new offset. Only callers
+        that read every page use it: a lazy walk stopped early must not have asked for more.
         """
         pool = None  # made when a second page is due: most projects fit on one
         ahead: dict[int, Any] = {}  # offset -> Future of that page
@@ -220,7 +340,7 @@ class KpsClient:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    # -- HTTP ---------------------------------------------------------------------
+    # -- pages ----------------------------------------------------------------------
 
     def _page(self, resource: str, model: type, limit: int, offset: int) -> TaskPage:
         total, rows = self._rows(resource, limit, offset)
@@ -239,7 +359,7 @@ class KpsClient:
 
     def _rows(self, resource: str, limit: int, offset: int) -> tuple[int, list]:
         """One page's `total` and raw `tasks`, with the body's shape checked."""
-        body = self._get(resource, {"limit": str(limit), "offset": str(offset)})
+        body = self._call(resource, {"limit": str(limit), "offset": str(offset)})
         total = body.get("total") if isinstance(body, dict) else None
         rows = body.get("tasks") if isinstance(body, dict) else None
         if isinstance(total, str) and total.isdigit():
@@ -253,68 +373,3 @@ class KpsClient:
                 f"{_excerpt(json.dumps(body))}"
             )
         return max(total, 0), rows
-
-    def _get(self, resource: str, params: dict[str, str] | None = None) -> Any:
-        url = f"{self.endpoint}/v3/{quote(self.project_id, safe='')}/{resource}"
-        for attempt in range(3):
-            response = self._send(url, params)
-            if response.ok:
-                return self._json(response)
-            error = self._error(response)
-            # urllib3 already retried a 429; APIG.0308 can also come under other statuses.
-            if error.error_code != THROTTLED or error.status == 429 or attempt == 2:
-                raise error
-            self._sleep(2.0 * (attempt + 1))  # APIG.0308 is throttling under another status
-        raise AssertionError("unreachable")
-
-    def _send(self, url: str, params: dict[str, str] | None) -> requests.Response:
-        try:
-            return self.session.get(url, params=params, timeout=self.timeout)
-        except requests.Timeout:
-            raise KpsError(f"KPS did not answer within {self.timeout[1]:g} s", error_code="timeout") from None
-        except requests.RequestException as exc:
-            reason = type(exc).__name__
-            raise KpsError(
-                f"cannot reach KPS at {self.endpoint} ({reason})", error_code="connection"
-            ) from None
-
-    @staticmethod
-    def _json(response: requests.Response) -> Any:
-        # Straight from the bytes with the stdlib: Response.json() decodes the body to text first,
-        # and parses with simplejson when it happens to be installed.
-        try:
-            return json.loads(response.content)
-        except ValueError:
-            raise KpsError(
-                f"KPS answered with a body that is not JSON: {_excerpt(response.text)!r}",
-                status=response.status_code,
-                request_id=response.headers.get("X-Request-Id"),
-            ) from None
-
-    def _error(self, response: requests.Response) -> KpsError:
-        request_id = response.headers.get("X-Request-Id")
-        try:
-            body = json.loads(response.content)
-        except ValueError:
-            body = None
-        code = msg = None
-        if isinstance(body, dict):
-            code = body.get("error_code")
-            msg = body.get("error_msg")
-            if isinstance(body.get("error"), dict):  # the API gateway's own error shape
-                code = code or body["error"].get("code")
-                msg = msg or body["error"].get("message")
-        code = str(code) if code is not None else None
-        msg = str(msg) if msg is not None else None
-        if code or msg:
-            message = f"KPS error {code or '?'}: {msg or ''}".strip()
-        else:
-            message = f"KPS answered HTTP {response.status_code}: {_excerpt(response.text) or 'empty body'}"
-        if response.status_code == 401 and isinstance(self.session.auth, TokenAuth):
-            message += (
-                " (the IAM token may have expired: tokens last 24 h; use CLOUD_SDK_AK/CLOUD_SDK_SK"
-                " for long-running use)"
-            )
-        return KpsError(
-            message, status=response.status_code, error_code=code, error_msg=msg, request_id=request_id
-        )

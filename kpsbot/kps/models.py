@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +26,11 @@ def parse_operate_type(value: str) -> tuple[str | None, str | None]:
     if not sep or action not in ACTIONS:
         return None, None
     return state or None, action
+
+
+def utc(epoch: float | None) -> datetime | None:
+    """Epoch seconds -> aware UTC datetime (None stays None)."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
 def parse_task_time(value: Any) -> datetime | None:
@@ -134,10 +139,6 @@ class TaskStatus:
         state, _ = parse_operate_type(self.task_status)
         return state if state in STATES else None
 
-    @property
-    def finished(self) -> bool:
-        return self.state in ("SUCCESS", "FAILED")
-
 
 @dataclass(frozen=True)
 class TaskPage:
@@ -151,7 +152,8 @@ class TaskPage:
 class TaskRecords(Mapping):
     """Running tasks by task_id, kept as the API's raw records; a RunningTask is built on access.
 
-    A poll of 100,000 unchanged tasks only compares ids, so it should not build 100,000 objects.
+    A poll of 100,000 unchanged tasks only compares ids and times, so it should not build 100,000
+    objects. Every kept record has a string `task_time` (odd rows are normalised on the way in).
     """
 
     def __init__(self, records: dict[str, dict], skipped: list | None = None) -> None:
@@ -167,7 +169,7 @@ class TaskRecords(Mapping):
     def __len__(self) -> int:
         return len(self.records)
 
-    def keys(self):  # a real dict view: set operations on it run in C
+    def keys(self) -> KeysView[str]:  # a real dict view: set operations on it run in C
         return self.records.keys()
 
     def extend(self, rows: list) -> list[MalformedTask]:
@@ -180,12 +182,17 @@ class TaskRecords(Mapping):
         for row in rows:
             if type(row) is dict:
                 task_id = row.get("task_id")
-                if type(task_id) is str and task_id and task_id.strip() == task_id:
+                if (
+                    type(task_id) is str
+                    and task_id
+                    and task_id.strip() == task_id
+                    and type(row.get("task_time")) is str
+                ):
                     if task_id not in records:
                         records[task_id] = row
                     continue
             try:
-                task = RunningTask.from_api(row)  # coerces odd ids, or raises MalformedTask
+                task = RunningTask.from_api(row)  # coerces odd ids and times, or raises MalformedTask
             except MalformedTask as exc:
                 self.skipped.append(row)
                 problems.append(exc)
