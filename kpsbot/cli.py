@@ -1,31 +1,41 @@
-"""Command line: thin click commands that build objects from settings and print results."""
+"""Command line and composition root: thin click commands that build every object from the settings
+and print results."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from kpsbot import __version__
 from kpsbot.settings import Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    import requests
+
+    from kpsbot.kps.client import KpsClient
+    from kpsbot.kps.iam import IamClient
+    from kpsbot.projects import Project, ProjectDirectory
+    from kpsbot.store import Store
+    from kpsbot.watch.console import ConsoleSender
+    from kpsbot.watch.cycle import Watcher
+    from kpsbot.watch.loop import WatcherLoop
+    from kpsbot.watch.plan import Route
+
 EXIT_FAILED = 1  # the API or Slack failed
 EXIT_USAGE = 2  # usage or settings
+MAX_IN_FLIGHT = 8  # KPS and IAM requests in flight at once, over every project (API Gateway throttles)
 
 log = logging.getLogger("kpsbot")
 
 
-def setup_logging(settings: Settings) -> None:
-    from kpsbot.logs import setup_logging as setup
-    from kpsbot.settings import SECRETS
-
-    setup(settings.log_level, [getattr(settings, name) for name in SECRETS])
-
-
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     click.echo(f"kpsbot: {message}", err=True)
     sys.exit(code)
 
@@ -56,7 +66,169 @@ class Context:
         return settings
 
 
+def setup_logging(settings: Settings, *, level: str | None = None) -> None:
+    from kpsbot.logs import setup_logging as setup
+    from kpsbot.settings import SECRETS
+
+    setup(level or settings.log_level, [getattr(settings, name) for name in SECRETS])
+
+
 pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+# -- building the objects ----------------------------------------------------------------------
+
+
+class Cloud:
+    """This process's Huawei Cloud clients: one pooled session with the credentials, one limit on
+    requests in flight, a KPS client per project and an IAM client per region."""
+
+    def __init__(self, settings: Settings, *, timeout: tuple[float, float] = (5.0, 15.0)) -> None:
+        from kpsbot.kps.auth import AkSkAuth, TokenAuth
+        from kpsbot.kps.client import build_session
+
+        self.settings = settings
+        self.timeout = timeout
+        self.session: requests.Session = build_session()
+        if settings.auth_kind == "aksk":
+            self.session.auth = AkSkAuth(settings.ak or "", settings.sk or "", None, settings.security_token)
+        else:
+            self.session.auth = TokenAuth(settings.auth_token or "")
+        self.limiter = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+        self._clients: dict[str, KpsClient] = {}
+
+    def kps(self, project: Project) -> KpsClient:
+        from kpsbot.kps.client import KpsClient
+
+        client = self._clients.get(project.id)
+        if client is None:
+            setting = self.settings.project(project.name)
+            endpoint = setting.endpoint(self.settings.endpoint_template) if setting else ""
+            client = KpsClient(
+                endpoint, project.id, session=self.session, timeout=self.timeout, limiter=self.limiter
+            )
+            self._clients[project.id] = client
+        return client
+
+    def iam(self, region: str) -> IamClient:
+        from kpsbot.kps.iam import IamClient
+
+        endpoint = self.settings.iam_endpoint_template.replace("{region}", region)
+        return IamClient(endpoint, session=self.session, timeout=self.timeout, limiter=self.limiter)
+
+    def directory(self, store: Store | None) -> ProjectDirectory:
+        from kpsbot.projects import ProjectDirectory
+
+        return ProjectDirectory(self.settings.projects, store=store, iam=self.iam)
+
+
+def resolve_projects(directory: ProjectDirectory) -> list[Project]:
+    """Every configured project's ID, for a one-shot command: exit 2 for a name IAM does not know,
+    exit 1 when IAM cannot be reached."""
+    from kpsbot.kps.client import KpsError
+    from kpsbot.kps.iam import ProjectNotFound
+
+    try:
+        return directory.resolve(strict=True)
+    except ProjectNotFound as exc:
+        fail(str(exc), EXIT_USAGE)
+    except KpsError as exc:
+        fail(f"cannot look up project IDs in IAM: {exc}", EXIT_FAILED)
+
+
+def open_store(settings: Settings, *, create: bool = True) -> Store | None:
+    """The SQLite store at KPSBOT_DB; a file that cannot be opened is a settings problem (exit 2).
+    With `create=False` a missing file is None (commands that only read IDs kept there)."""
+    import os
+    import sqlite3
+
+    from kpsbot.store import Store
+
+    if not create and not os.path.exists(settings.db_path):
+        return None
+    try:
+        store = Store(settings.db_path)
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        fail(f"cannot open KPSBOT_DB {settings.db_path}: {exc}", EXIT_USAGE)
+    if len(settings.projects) == 1 and settings.projects[0].id:
+        store.adopt_legacy(settings.projects[0].id)
+    return store
+
+
+def build_watcher(
+    settings: Settings,
+    store: Store,
+    cloud: Cloud,
+    directory: ProjectDirectory,
+    *,
+    console: ConsoleSender | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Watcher:
+    """The watcher over every resolved project, posting to Slack (KPSBOT_CHANNEL and subscriptions)
+    when a bot token is set, and to `console` when given."""
+    import time
+
+    from kpsbot.slack.sender import SlackSender
+    from kpsbot.watch.cycle import WatchedProject, Watcher
+    from kpsbot.watch.outbox import CONSOLE, Outbox, Pacer, Sender
+    from kpsbot.watch.plan import ProjectInfo
+
+    senders: dict[str, Sender] = {}
+    if settings.slack_bot_token:
+        senders["*"] = SlackSender.from_token(settings.slack_bot_token, base_url=settings.slack_api_url)
+    if console is not None:
+        senders[CONSOLE] = console
+    now = clock or time.time
+    outbox = None
+    if senders:
+        pacer = Pacer(settings.pace_seconds)
+        outbox = Outbox(store, senders, fixed_channel=settings.channel, clock=now, pacer=pacer)
+
+    def projects() -> list[WatchedProject]:
+        named = directory.several
+        return [
+            WatchedProject(ProjectInfo(p.id, p.name, p.location or _host(cloud, p), named), cloud.kps(p))
+            for p in directory.refresh()
+        ]
+
+    return Watcher(
+        projects,
+        store,
+        outbox,
+        routes=routes_for(settings, store, console=console is not None),
+        burst=settings.burst,
+        outage_polls=settings.outage_polls,
+        stuck_minutes=settings.stuck_minutes,
+        retention_days=settings.retention_days,
+        clock=now,
+    )
+
+
+def _host(cloud: Cloud, project: Project) -> str:
+    return cloud.kps(project).endpoint.split("://")[-1]
+
+
+def routes_for(settings: Settings, store: Store, *, console: bool) -> Callable[[], Sequence[Route]]:
+    """Where notifications go: KPSBOT_CHANNEL (everything), the terminal when it is a channel."""
+    from kpsbot.watch.outbox import CONSOLE
+    from kpsbot.watch.plan import Route
+
+    fixed = []
+    if settings.channel and settings.slack_bot_token:
+        fixed.append(Route(settings.channel))
+    if console:
+        fixed.append(Route(CONSOLE))
+
+    def routes() -> Sequence[Route]:
+        return fixed
+
+    return routes
+
+
+def watcher_loop(watcher: Watcher, store: Store, settings: Settings, **options: Any) -> WatcherLoop:
+    from kpsbot.watch.loop import WatcherLoop
+
+    return WatcherLoop(watcher, store, interval=settings.poll_seconds, **options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,10 +241,11 @@ def cli() -> None:
     """
 
 
-# -- kpsbot tasks ------------------------------------------------------------------
+# -- kpsbot tasks / projects ----------------------------------------------------------------------
 
 
 @cli.command()
+@click.option("--project", "project_name", default=None, help="Only this project (a name from KPS_PROJECTS).")
 @click.option(
     "--limit",
     type=click.IntRange(1, 1000),
@@ -85,56 +258,105 @@ def cli() -> None:
     "--json", "as_json", is_flag=True, help='Print {"total": N, "tasks": [...]} with the API\'s field names.'
 )
 @pass_context
-def tasks(ctx: Context, limit: int | None, offset: int, fetch_all: bool, as_json: bool) -> None:
-    """Print the key-pair tasks running now."""
-    from kpsbot.kps.client import KpsError
+def tasks(
+    ctx: Context, project_name: str | None, limit: int | None, offset: int, fetch_all: bool, as_json: bool
+) -> None:
+    """Print the key-pair tasks running now, in every configured project (or one)."""
+    from kpsbot.kps.listing import Source, list_all, list_page
     from kpsbot.tables import render_task_table
 
     settings = ctx.require("kps")
-    client = settings.kps_client()
+    if project_name is not None and settings.project(project_name) is None:
+        names = ", ".join(p.name for p in settings.projects)
+        fail(f"--project {project_name!r} is not a configured project ({names})", EXIT_USAGE)
+    cloud = Cloud(settings)
+    store = open_store(settings, create=False)
     try:
-        if fetch_all:
-            page = client.all_running_tasks()
-        else:
-            page = client.list_running_tasks(limit or settings.page_size, offset)
-    except KpsError as exc:
-        fail(str(exc), EXIT_FAILED)  # one line: error_code, error_msg, request id
+        projects = resolve_projects(cloud.directory(store))
+    finally:
+        if store is not None:
+            store.close()
+    sources = [Source(p.name, cloud.kps(p)) for p in projects if project_name in (None, p.name)]
+    if fetch_all:
+        listing = list_all(sources)
+    else:
+        listing = list_page(sources, limit=limit or settings.page_size, offset=offset)
     if as_json:
-        out = {"total": page.total, "tasks": [t.to_api() for t in page.tasks]}
-        click.echo(json.dumps(out, ensure_ascii=False))
+        rows = [
+            {**row.task.to_api(), "project": row.project, "project_id": row.project_id}
+            for row in listing.tasks
+        ]
+        click.echo(json.dumps({"total": listing.total, "tasks": rows}, ensure_ascii=False))
+    else:
+        click.echo(
+            render_task_table(
+                listing.tasks,
+                listing.total,
+                0 if fetch_all else offset,
+                now=datetime.now(timezone.utc),
+                projects=len(sources) > 1,
+            )
+        )
+    for name, error in listing.errors.items():
+        click.echo(f"kpsbot: project {name}: {error}", err=True)
+    if listing.errors:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"projects": [{"name", "region", "id", "source"}]}.'
+)
+@pass_context
+def projects(ctx: Context, as_json: bool) -> None:
+    """The configured projects: name, region, ID and where the ID came from (setting, iam, database)."""
+    settings = ctx.require("kps")
+    cloud = Cloud(settings)
+    store = open_store(settings, create=False)
+    try:
+        found = resolve_projects(cloud.directory(store))
+    finally:
+        if store is not None:
+            store.close()
+    rows = [{"name": p.name, "region": p.region, "id": p.id, "source": p.source} for p in found]
+    if as_json:
+        click.echo(json.dumps({"projects": rows}))
         return
-    click.echo(
-        render_task_table(page.tasks, page.total, 0 if fetch_all else offset, now=datetime.now(timezone.utc))
-    )
+    from kpsbot.tables import render_rows
+
+    click.echo(render_rows(("NAME", "REGION", "ID", "SOURCE"), [tuple(r[k] or "-" for k in r) for r in rows]))
 
 
 # -- kpsbot watch ------------------------------------------------------------------
 
 
-def open_store(settings: Settings):
-    """The SQLite store at KPSBOT_DB; a file that cannot be opened is a settings problem (exit 2)."""
-    import sqlite3
-
-    from kpsbot.store import Store
-
-    try:
-        return Store(settings.db_path)
-    except (OSError, sqlite3.Error, RuntimeError) as exc:
-        fail(f"cannot open KPSBOT_DB {settings.db_path}: {exc}", EXIT_USAGE)
-
-
-def health_report(settings: Settings, store, loop) -> dict:
-    """What /healthz shows: the last successful poll and the state of the notification outbox."""
-    last = store.last_successful_poll()
+def health_report(settings: Settings, store: Store, loop: WatcherLoop, directory: ProjectDirectory) -> dict:
+    """What /healthz shows: each project's last successful poll, the lease, the outbox."""
+    last = store.last_successful_polls()
+    resolved = {p.name: p for p in directory.projects()}
+    projects = {}
+    for setting in settings.projects:
+        project = resolved.get(setting.name)
+        when = last.get(project.id) if project else None
+        projects[setting.name] = {
+            "id": project.id if project else None,
+            "resolved": project is not None,
+            "last_successful_poll": when.isoformat() if when else None,
+        }
+        if project is None:
+            projects[setting.name]["error"] = directory.unresolved().get(setting.name)
+    newest = max(last.values(), default=None)
     return {
         "status": "ok",
         "version": __version__,
         "mode": "socket" if settings.socket_mode else "http",
         "watcher": "leader" if loop.is_leader else "standby",
-        "last_successful_poll": last.isoformat() if last else None,
+        "last_successful_poll": newest.isoformat() if newest else None,
+        "projects": projects,
         "pending_notifications": store.pending_deliveries(),
         "failed_notifications": store.failed_deliveries(),
         "last_delivery_error": store.last_delivery_error(),
+        "failing_channels": store.failing_channels(),
     }
 
 
@@ -151,21 +373,32 @@ def watch(ctx: Context, once: bool) -> None:
     Without KPSBOT_CHANNEL the notifications are printed here instead. Without
     --once it polls every KPSBOT_POLL_SECONDS until Ctrl-C.
     """
-    from kpsbot.watch.cycle import Watcher
-    from kpsbot.watch.delivery import ConsoleSender, sender_for
+    from kpsbot.watch.console import ConsoleSender
 
     settings = ctx.require("kps", "channel")
+    cloud = Cloud(settings)
     store = open_store(settings)
-    sender = sender_for(settings) or ConsoleSender(sys.stdout)
-    watcher = Watcher.from_settings(settings, settings.kps_client(), store, sender)
-    if not once:
+    assert store is not None
+    try:
+        directory = cloud.directory(store)
+        console = None if settings.channel else ConsoleSender(sys.stdout)
+        if once:
+            resolve_projects(directory)
+            watch_once(build_watcher(settings, store, cloud, directory, console=console), store, settings)
+            return
+        directory.resolve()
+        watcher = build_watcher(settings, store, cloud, directory, console=console)
         run_watcher_alone(watcher, store, settings)
-        return
-    from kpsbot.watch.loop import default_owner
+    finally:
+        store.close()
 
-    owner = default_owner()
+
+def watch_once(watcher: Watcher, store: Store, settings: Settings) -> None:
+    from kpsbot.watch.loop import Lease
+
     # The same lease as `kpsbot run`'s watcher: a one-off cycle never posts beside a running bot.
-    if not store.acquire_lease(owner, ttl=3 * settings.poll_seconds + 5):
+    lease = Lease(store, ttl=3 * settings.poll_seconds + 5)
+    if not lease.acquire():
         fail(
             f"another kpsbot ({store.lease_holder()}) is watching {settings.db_path}: stop it, or use "
             "another KPSBOT_DB",
@@ -173,9 +406,9 @@ def watch(ctx: Context, once: bool) -> None:
         )
     try:
         failed_before = store.failed_deliveries()
-        report = watcher.run_cycle()
+        report = watcher.run_cycle(may_send=lease.valid)
     finally:
-        store.release_lease(owner)
+        lease.release()
     click.echo(report.summary())
     if report.failed_deliveries > failed_before:
         fail(f"Slack refused a notification: {store.last_delivery_error()}", EXIT_FAILED)
@@ -185,17 +418,14 @@ def watch(ctx: Context, once: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-def run_watcher_alone(watcher, store, settings: Settings) -> None:
+def run_watcher_alone(watcher: Watcher, store: Store, settings: Settings) -> None:
     """The watcher loop in the foreground until SIGINT/SIGTERM, stopped within the same budget as
     `kpsbot run`; the lease is released on the way out."""
     from kpsbot.services import run_services
-    from kpsbot.watch.loop import WatcherLoop
 
-    log.info("watching project %s every %d s (Ctrl-C stops)", settings.project_id, settings.poll_seconds)
-    try:
-        run_services([WatcherLoop(watcher, store, interval=settings.poll_seconds)])
-    finally:
-        store.close()
+    names = ", ".join(p.name for p in settings.projects)
+    log.info("watching %s every %d s (Ctrl-C stops)", names, settings.poll_seconds)
+    run_services([watcher_loop(watcher, store, settings)])
 
 
 # -- kpsbot simulate ---------------------------------------------------------------
@@ -231,7 +461,7 @@ def run_watcher_alone(watcher, store, settings: Settings) -> None:
 @click.option("--sk", default=None, help="SK to accept (default: CLOUD_SDK_SK).")
 @click.option("--token", default=None, help="IAM token to accept (default: KPS_AUTH_TOKEN).")
 @pass_context
-def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, sk, token) -> None:
+def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, sk, token) -> None:  # noqa: ANN001
     """Run a local KPS API simulator (signature checks included)."""
     from kpsbot.simulator import Simulator, serve
 
@@ -271,44 +501,47 @@ def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, s
 @pass_context
 def run(ctx: Context, host: str) -> None:
     """Run the bot: Socket Mode if SLACK_APP_TOKEN is set, else HTTP on PORT; stops on SIGTERM/SIGINT."""
-
+    from kpsbot.kps.iam import ProjectNotFound
+    from kpsbot.services import run_services
     from kpsbot.slack.app import build_app
-    from kpsbot.slack.server import SlackStartError, serve, slack_start_errors
+    from kpsbot.slack.server import SlackStartError, slack_services, slack_start_errors
     from kpsbot.slack.workers import WorkerPool
-    from kpsbot.watch.cycle import Watcher
-    from kpsbot.watch.delivery import sender_for
-    from kpsbot.watch.loop import WatcherLoop
 
     settings = ctx.require("kps", "channel")
     slack_wanted = bool(settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret)
     if slack_wanted:
         ctx.require("slack")
-    kps = settings.kps_client()
+    cloud = Cloud(settings)
     store = open_store(settings)
-    watcher = Watcher.from_settings(settings, kps, store, sender_for(settings))
-    if not slack_wanted:
-        log.warning(
-            "Slack settings are not present (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or "
-            "SLACK_APP_TOKEN): running the watcher only, /kps-tasks is not served"
-        )
-        run_watcher_alone(watcher, store, settings)
-        return
-    if not settings.channel:
-        log.info("KPSBOT_CHANNEL is not set: task starts and finishes are recorded, not posted")
-    loop = WatcherLoop(watcher, store, interval=settings.poll_seconds)
-    work = WorkerPool()
+    assert store is not None
     try:
-        with slack_start_errors(settings.slack_api_url, f"{host}:{settings.port}"):
-            app = build_app(settings, kps, executor=work)
-            serve(
-                app,
-                settings,
-                health=lambda: health_report(settings, store, loop),
-                background=[work, loop],
-                host=host,
+        directory = cloud.directory(store)
+        try:
+            directory.resolve()  # IAM unreachable: serve anyway, and retry (see /healthz)
+        except ProjectNotFound as exc:
+            fail(str(exc), EXIT_USAGE)
+        watcher = build_watcher(settings, store, cloud, directory)
+        if not slack_wanted:
+            log.warning(
+                "Slack settings are not present (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or "
+                "SLACK_APP_TOKEN): running the watcher only, /kps-tasks is not served"
             )
-    except SlackStartError as exc:
-        fail(str(exc), exc.exit_code)
+            run_watcher_alone(watcher, store, settings)
+            return
+        if not settings.channel:
+            log.info("KPSBOT_CHANNEL is not set: task starts and finishes are recorded, not posted")
+        loop = watcher_loop(watcher, store, settings)
+        work = WorkerPool()
+        first = directory.projects()[0] if directory.projects() else None
+        try:
+            with slack_start_errors(settings.slack_api_url, f"{host}:{settings.port}"):
+                app = build_app(settings, cloud.kps(first) if first else None, executor=work)  # type: ignore[arg-type]
+                http = slack_services(
+                    app, settings, lambda: health_report(settings, store, loop, directory), host=host
+                )
+                run_services([work, loop, *http])
+        except SlackStartError as exc:
+            fail(str(exc), exc.exit_code)
     finally:
         store.close()
 
@@ -323,7 +556,7 @@ def run(ctx: Context, host: str) -> None:
 @click.option("--blocks", "show_blocks", is_flag=True, help="Also print each message's Block Kit JSON.")
 @click.option("--seed", type=int, default=None, help="Random seed for the simulated tasks.")
 @pass_context
-def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
+def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:  # noqa: ANN001
     """The whole job on this machine, no accounts needed: a KPS simulator, the watcher and the
     notifications printed here (also posted to Slack when SLACK_BOT_TOKEN and KPSBOT_CHANNEL are
     set; /kps-tasks served when SLACK_SIGNING_SECRET or SLACK_APP_TOKEN is set too).
@@ -334,6 +567,8 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:
     from kpsbot.slack.server import SlackStartError
 
     settings = ctx.require("channel")
+    # The transcript is the demo's own output: log records only when something is wrong (or DEBUG).
+    setup_logging(settings, level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
     options = DemoOptions(
         duration=duration, cycles=cycles, db_path=db_path, show_blocks=show_blocks, seed=seed
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import signal
 import sqlite3
 import tempfile
 import threading
@@ -13,18 +12,13 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from kpsbot.kps.auth import AkSkAuth
-from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.settings import ProjectSetting, Settings
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.notifications import plain_text
-from kpsbot.slack.query import parse_command
-from kpsbot.slack.replies import TaskReplies
 from kpsbot.store import Store
-from kpsbot.watch.cycle import Watcher
-from kpsbot.watch.delivery import ConsoleSender, sender_for
+from kpsbot.watch.cycle import CycleReport
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +61,7 @@ def simulated_project(seed: int | None) -> tuple[Simulator, str, str]:
 
 
 class Demo:
-    """Runs the simulator, a watcher against it and (optionally) the Slack side; prints as it goes."""
+    """Runs the simulator, the watcher loop against it and (optionally) the Slack side; prints as it goes."""
 
     def __init__(self, settings: Settings, options: DemoOptions, out: IO[str]) -> None:
         self.settings = settings
@@ -88,68 +82,91 @@ class Demo:
             else:
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kpsbot-demo-"))
                 db_path = str(Path(tmp) / "kpsbot-demo.db")
-            kps = KpsClient(server.url, DEMO_PROJECT, AkSkAuth(ak, sk, DEMO_PROJECT), timeout=(2, 5))
             # The rest of kpsbot sees an ordinary configuration that points at the simulator.
-            project = ProjectSetting(name=DEMO_PROJECT, region=None, id=DEMO_PROJECT)
-            settings = replace(self.settings, projects=(project,), endpoint_template=server.url)
+            settings = replace(
+                self.settings,
+                projects=(ProjectSetting(name=DEMO_PROJECT, region=None, id=DEMO_PROJECT),),
+                endpoint_template=server.url,
+                iam_endpoint_template=server.url,
+                ak=ak,
+                sk=sk,
+                security_token=None,
+                auth_token=None,
+                db_path=db_path,
+                poll_seconds=max(int(options.poll_seconds), 1),
+            )
             try:
                 store = Store(db_path)
             except (OSError, sqlite3.Error, RuntimeError) as exc:
                 raise DemoError(f"cannot open --db {db_path}: {exc}", 2) from None
             try:
-                return self._run(settings, kps, store, server.url, db_path)
+                return self._run(settings, store, server.url)
             finally:
                 store.close()
 
-    def _run(self, settings: Settings, kps: KpsClient, store: Store, url: str, db_path: str) -> int:
+    def _run(self, settings: Settings, store: Store, url: str) -> int:
+        from kpsbot.cli import Cloud, build_watcher
+        from kpsbot.services import run_services
+        from kpsbot.watch.console import ConsoleSender
+        from kpsbot.watch.loop import WatcherLoop
+
         options = self.options
+        cloud = Cloud(settings, timeout=(2.0, 5.0))
+        directory = cloud.directory(store)
+        directory.resolve()
         console = ConsoleSender(self.out, show_blocks=options.show_blocks)
-        sender = sender_for(settings, echo=console)
-        watcher = Watcher.from_settings(settings, kps, store, sender, location="the KPS simulator")
+        watcher = build_watcher(settings, store, cloud, directory, console=console)
         bound = []
         if options.duration:
             bound.append(f"for {options.duration:g} s")
         if options.cycles:
             bound.append(f"for {options.cycles} polls")
         self.say(
-            f"kpsbot demo: KPS simulator at {url} (project {DEMO_PROJECT}), SQLite at {db_path}\n"
+            f"kpsbot demo: KPS simulator at {url} (project {DEMO_PROJECT}), SQLite at {settings.db_path}\n"
             f"Polling every {options.poll_seconds:g} s {' or '.join(bound) or 'until Ctrl-C'}; "
             f"tasks start and finish on their own.\n"
         )
         if settings.slack_bot_token and settings.channel:
             self.say(f"Notifications are also posted to Slack channel {settings.channel}.\n")
+        kps = cloud.kps(directory.projects()[0])
         slack = self._slack_services(settings, kps)
         self._print_first_page(kps, settings)
         self.say("Notifications, as they would read in Slack:\n")
+
+        def said(report: CycleReport) -> None:
+            self.say(f"   · poll {loop.cycles}: {report.summary()}")
+
+        loop = WatcherLoop(
+            watcher,
+            store,
+            interval=options.poll_seconds,
+            jitter=0.0,
+            max_cycles=options.cycles,
+            on_cycle=said,
+        )
         deadline = time.monotonic() + options.duration if options.duration else None
-        cycle = 0
-        try:
-            self._start(slack, settings)
-            while not self.stop.is_set():
-                cycle += 1
-                report = watcher.run_cycle()
-                self.say(f"   · poll {cycle}: {report.summary()}")
-                if options.cycles and cycle >= options.cycles:
-                    break
-                wait = options.poll_seconds
-                if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
-                        break
-                self.stop.wait(wait)
-        finally:
-            for service in reversed(slack):
-                try:
-                    service.stop(timeout=3)
-                except Exception:  # a service that never started; the demo is ending anyway
-                    log.debug("cannot stop %s", type(service).__name__, exc_info=True)
+
+        def tick() -> None:
+            if loop.done.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                self.stop.set()
+
+        from kpsbot.slack.server import slack_start_errors
+
+        with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
+            run_services([*slack, loop], stop=self.stop, tick=tick, tick_seconds=0.1)
         events = store.events()
         started = sum(1 for e in events if e["kind"] == "started")
         finished = sum(1 for e in events if e["kind"] == "finished")
-        self.say(f"\nDemo over after {cycle} polls: {started} task starts and {finished} finishes recorded.")
+        self.say(
+            f"\nDemo over after {loop.cycles} polls: {started} task starts and {finished} finishes recorded."
+        )
         return 0
 
-    def _print_first_page(self, kps: KpsClient, settings: Settings) -> None:
+    def _print_first_page(self, kps: Any, settings: Settings) -> None:
+        from kpsbot.kps.client import KpsError
+        from kpsbot.slack.query import parse_command
+        from kpsbot.slack.replies import TaskReplies
+
         replies = TaskReplies(
             kps, project_id=DEMO_PROJECT, location="the KPS simulator", page_size=settings.page_size
         )
@@ -164,7 +181,7 @@ class Demo:
             self.say(json.dumps(page["blocks"], indent=2, ensure_ascii=False))
         self.say("")
 
-    def _slack_services(self, settings: Settings, kps: KpsClient) -> list:
+    def _slack_services(self, settings: Settings, kps: Any) -> list:
         """Serve /kps-tasks against the simulator when a Slack app is configured."""
         if not settings.slack_configured:
             return []
@@ -182,24 +199,7 @@ class Demo:
             *slack_services(app, settings, lambda: {"status": "ok", "demo": True}, host="127.0.0.1"),
         ]
 
-    @staticmethod
-    def _start(services: list, settings: Settings) -> None:
-        from kpsbot.slack.server import slack_start_errors
-
-        with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
-            for service in services:
-                service.start()
-
 
 def run_demo(settings: Settings, options: DemoOptions, out: IO[str]) -> int:
     """Run until Ctrl-C / SIGTERM or the given bound; 0 on a normal end."""
-    demo = Demo(settings, options, out)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda *_: demo.stop.set())
-    try:
-        return demo.run()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return Demo(settings, options, out).run()

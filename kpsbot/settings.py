@@ -77,6 +77,7 @@ class Settings:
     stuck_minutes: int = 60
     db_path: str = "kpsbot.db"
     poll_seconds: int = 30
+    pace_seconds: float = 1.0
     page_size: int = 10
     allowed_channels: tuple[str, ...] = ()
     allowed_users: tuple[str, ...] = ()
@@ -191,22 +192,6 @@ class Settings:
             return self.region
         return (self.endpoint or "").split("://")[-1].rstrip("/")
 
-    def kps_auth(self):
-        from kpsbot.kps.auth import AkSkAuth, TokenAuth
-
-        self.require_kps()
-        if not self.project_id:
-            raise SettingsError("KPS_PROJECT_ID is not set: project look-up comes with several projects")
-        if self.auth_kind == "aksk":
-            return AkSkAuth(self.ak, self.sk, self.project_id, self.security_token)
-        return TokenAuth(self.auth_token, self.project_id)
-
-    def kps_client(self, **options):
-        from kpsbot.kps.client import KpsClient
-
-        auth = self.kps_auth()
-        return KpsClient(self.endpoint, self.project_id, auth, **options)
-
 
 def _token_lookup_error(project: ProjectSetting, projects: tuple[ProjectSetting, ...]) -> str:
     if len(projects) == 1 and project.name == project.region:
@@ -234,6 +219,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise SettingsError(f"{name} must be a whole number, e.g. {name}={default}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, e.g. {name}={default}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, e.g. {name}={default:g}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low:g} and {high:g}, e.g. {name}={default:g}")
     return value
 
 
@@ -382,6 +380,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         stuck_minutes=_int(env, "KPSBOT_STUCK_MINUTES", 60, 0, 100_000),
         db_path=_str(env, "KPSBOT_DB") or "kpsbot.db",
         poll_seconds=_int(env, "KPSBOT_POLL_SECONDS", 30, 1, 86400),
+        pace_seconds=_float(env, "KPSBOT_PACE_SECONDS", 1.0, 0.0, 60.0),
         page_size=_int(env, "KPSBOT_PAGE_SIZE", 10, 1, 40),
         allowed_channels=_ids(env, "KPSBOT_ALLOWED_CHANNELS"),
         allowed_users=_ids(env, "KPSBOT_ALLOWED_USERS"),

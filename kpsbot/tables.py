@@ -1,10 +1,11 @@
-"""Plain-text task tables for the terminal (`kpsbot tasks`, `kpsbot demo`)."""
+"""Plain-text tables for the terminal (`kpsbot tasks`, `kpsbot projects`, `kpsbot demo`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 
+from kpsbot.kps.listing import ProjectTask
 from kpsbot.kps.models import RunningTask
 from kpsbot.slack.text import action_label, duration
 
@@ -32,12 +33,20 @@ def task_row(task: RunningTask, now: datetime) -> tuple[str, ...]:
     )
 
 
-def render_task_table(tasks: Sequence[RunningTask], total: int, offset: int, now: datetime) -> str:
-    """Aligned columns and a "showing a-b of TOTAL" line; local time for the start."""
+def render_rows(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns under a header line."""
+    table = [tuple(columns)] + [tuple(_cell(cell) for cell in row) for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def render_task_table(
+    tasks: Sequence[ProjectTask], total: int, offset: int, now: datetime, *, projects: bool = False
+) -> str:
+    """Aligned columns and a "showing a-b of TOTAL" line; local time for the start; a PROJECT
+    column when the tasks come from several projects."""
     if not tasks:
         return f"No running tasks (total {total})." if total else "No running tasks."
-    rows = [COLUMNS] + [task_row(task, now) for task in tasks]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"showing {offset + 1}-{offset + len(tasks)} of {total}")
-    return "\n".join(lines)
+    columns = (("PROJECT",) if projects else ()) + COLUMNS
+    rows = [((row.project,) if projects else ()) + task_row(row.task, now) for row in tasks]
+    return f"{render_rows(columns, rows)}\nshowing {offset + 1}-{offset + len(tasks)} of {total}"

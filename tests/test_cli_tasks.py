@@ -58,7 +58,10 @@ def test_all_json_returns_every_unique_task(sim, tmp_path):
         "server_name",
         "server_id",
         "keypair_name",
+        "project",
+        "project_id",
     }
+    assert {(t["project"], t["project_id"]) for t in body["tasks"]} == {(PROJECT, PROJECT)}
 
 
 def test_table_shows_page_and_total(sim, tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from kpsbot.kps.auth import AkSkAuth, TokenAuth
 from kpsbot.settings import ProjectSetting, Settings, SettingsError, read_environment, settings_from
 
 BASE = {
@@ -106,7 +107,7 @@ def test_repr_masks_every_secret():
         "SLACK_APP_TOKEN": "xapp-7",
     }
     s = settings_from({**BASE, **secrets})
-    for text in (repr(s), str(s), repr(s.kps_auth()), repr(s.kps_client())):
+    for text in (repr(s), str(s), repr(AkSkAuth(s.ak, s.sk)), repr(TokenAuth(s.auth_token or ""))):
         for value in secrets.values():
             assert value not in text
     assert "id='p1'" in repr(s)

@@ -7,12 +7,11 @@ from datetime import datetime
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.models import RunningTask, TaskStatus, parse_operate_type
-from kpsbot.slack.kit import context, header, section
+from kpsbot.slack.kit import context, header, message, section
 from kpsbot.slack.paging import PageRef, encode_page_value
 from kpsbot.slack.query import Query
 from kpsbot.slack.text import (
     MAX_BLOCKS,
-    MESSAGE_TEXT,
     SECTION_TEXT,
     action_emoji,
     action_label,
@@ -49,11 +48,6 @@ HELP_LINES = (
     f"`{COMMAND} status &lt;task_id&gt;` – one task's status",
     f"`{COMMAND} help` – this message",
 )
-
-
-def _message(text: str, blocks: list[dict]) -> dict:
-    # The fallback `text` is mrkdwn too, and may carry IDs from KPS: escape it like any block text.
-    return {"text": inline(text, MESSAGE_TEXT), "blocks": blocks[:MAX_BLOCKS]}
 
 
 def _notice(text: str) -> dict:
@@ -139,7 +133,7 @@ def render_task_page(
         buttons.append(_button(NEXT, "Next ▶", encode_page_value(project_id, following)))
     buttons.append(_button(REFRESH, "Refresh", encode_page_value(project_id, PageRef(query, offset))))
     blocks.append({"type": "actions", "block_id": PAGING_BLOCK, "elements": buttons})
-    return _message(fallback, blocks)
+    return message(fallback, blocks)
 
 
 def render_task_status(status: TaskStatus, project_id: str, location: str) -> dict:
@@ -152,7 +146,7 @@ def render_task_status(status: TaskStatus, project_id: str, location: str) -> di
         f"Task {code(status.task_id, ID)} · server {code(status.server_id, ID)}",
     ]
     blocks = [header("KPS task status"), context(_where(project_id, location)), section("\n".join(lines))]
-    return _message(f"KPS task {status.task_id}: {words}", blocks)
+    return message(f"KPS task {status.task_id}: {words}", blocks)
 
 
 def render_help(problem: str = "") -> dict:
@@ -161,7 +155,7 @@ def render_help(problem: str = "") -> dict:
         blocks.append(section(f":warning: {problem}"))
     blocks.append(section("*kpsbot* shows Huawei Cloud KPS key-pair tasks.\n" + "\n".join(HELP_LINES)))
     usage = f"Usage: {COMMAND} [help | failed | status <task_id> | reset | replace | unbind | <text>]"
-    return _message(usage, blocks)
+    return message(usage, blocks)
 
 
 def render_kps_error(exc: KpsError) -> dict:

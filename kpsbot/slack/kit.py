@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
-from kpsbot.slack.text import CONTEXT_TEXT, HEADER_TEXT, SECTION_TEXT, cut, plain
+from typing import Any
+
+from kpsbot.slack.text import (
+    CONTEXT_TEXT,
+    HEADER_TEXT,
+    MAX_BLOCKS,
+    MESSAGE_TEXT,
+    SECTION_TEXT,
+    cut,
+    inline,
+    plain,
+)
+
+Message = dict[str, Any]  # {"text": fallback, "blocks": [...]}
+
+
+def message(fallback: str, blocks: list[dict]) -> Message:
+    """A message: `fallback` is plain text from anywhere (KPS, users) and is escaped here, because
+    Slack reads the top-level `text` as mrkdwn too; blocks are cut to Slack's limit."""
+    return {"text": inline(fallback, MESSAGE_TEXT) or "kpsbot", "blocks": blocks[:MAX_BLOCKS]}
 
 
 def mrkdwn(text: str, limit: int = SECTION_TEXT) -> dict:

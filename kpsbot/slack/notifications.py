@@ -3,70 +3,64 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kpsbot.kps.models import RunningTask
-from kpsbot.slack.kit import context, mrkdwn, section
-from kpsbot.slack.text import (
-    MESSAGE_TEXT,
-    action_emoji,
-    action_label,
-    cut,
-    date_token,
-    duration,
-    safe,
-)
+from kpsbot.kps.models import RunningTask, utc
+from kpsbot.slack.kit import Message, context, message, mrkdwn, section
+from kpsbot.slack.text import action_emoji, action_label, code, date_token, duration, inline, safe
 
-Message = dict[str, Any]  # {"text": fallback, "blocks": [...]}
+__all__ = ["Message"]
 
 FIELD_TEXT = 2000  # a section field's text
 VALUE = 200  # any single value from KPS inside a field
 SHORT = 60  # a value inside a list line, so ten lines stay within one section
 ERROR_TEXT = 1500
-SAMPLE = 10  # tasks listed in a burst summary
+SAMPLE = 10  # tasks listed in a summary
 
 OUTCOME_EMOJI = {"succeeded": ":white_check_mark:", "failed": ":x:", "unknown": ":grey_question:"}
 OUTCOME_WORD = {"succeeded": "succeeded", "failed": "failed", "unknown": "finished (outcome unknown)"}
-
-
-def _message(text: str, blocks: list[dict]) -> Message:
-    return {"text": cut(text, MESSAGE_TEXT), "blocks": blocks[:50]}
-
-
-def _utc(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+# Why a finish stands alone: notes of kpsbot 0.1's queued entries, by how the start was shown.
+LEGACY_START_NOTES = {
+    "baseline": "Already running when kpsbot started watching.",
+    "burst": "Its start was in a summary of many tasks.",
+}
 
 
 def _code(value: str | None, limit: int = VALUE) -> str:
-    """A KPS value shown as inline code; backticks would end the code span early."""
-    text = safe((value or "").replace("`", "'"), limit)
-    return f"`{text}`" if text else "_none_"
+    return code(value, limit, empty="_none_")
 
 
 def _what(task: RunningTask, limit: int = VALUE) -> str:
     """`:key: Replace` — the action with its emoji, or the raw operate_type when unknown."""
-    return f"{action_emoji(task.action)} {safe(action_label(task.action, task.operate_type), limit)}"
+    return f"{action_emoji(task.action)} {inline(action_label(task.action, task.operate_type), limit)}"
 
 
 def _server(task: RunningTask, limit: int = VALUE) -> str:
-    name = safe(task.server_name, limit) or "unnamed server"
-    return f"*{name}*"
+    return f"*{inline(task.server_name, limit) or 'unnamed server'}*"
 
 
 def _name(task: RunningTask) -> str:
-    """The task's server for a notification's fallback text (escaped: it is mrkdwn too)."""
-    return safe(task.server_name or task.server_id or task.task_id, VALUE)
+    """The task's server for a notification's fallback text (plain: kit.message escapes it)."""
+    return task.server_name or task.server_id or task.task_id
 
 
 def _label(task: RunningTask) -> str:
-    return safe(action_label(task.action, task.operate_type), VALUE)
+    return action_label(task.action, task.operate_type)
+
+
+def _in(project: str | None) -> str:
+    """` in <project>` for the fallback text when notifications name their project."""
+    return f" in {project}" if project else ""
+
+
+def _project_line(project: str | None) -> list[dict]:
+    return [context(f"Project *{inline(project, VALUE)}*")] if project else []
 
 
 def _task_fields(task: RunningTask) -> dict:
     fields = [
-        f"*Server*\n{safe(task.server_name, VALUE) or '_unnamed_'} ({_code(task.server_id)})",
+        f"*Server*\n{inline(task.server_name, VALUE) or '_unnamed_'} ({_code(task.server_id)})",
         f"*Key pair*\n{_code(task.keypair_name)}",
         f"*Started*\n{date_token(task.started_at)}",
         f"*Task*\n{_code(task.task_id)}",
@@ -77,63 +71,81 @@ def _task_fields(task: RunningTask) -> dict:
 def _outcome_line(outcome: Mapping[str, Any]) -> str:
     result = outcome.get("outcome", "unknown")
     took = outcome.get("duration_s")
-    line = f"{OUTCOME_EMOJI.get(result, ':grey_question:')} *{OUTCOME_WORD.get(result, result)}*"
+    line = f"{OUTCOME_EMOJI.get(result, ':grey_question:')} *{OUTCOME_WORD.get(result, inline(result, 40))}*"
     if took is not None:
         line += f" after about {duration(took)}"
     return line
 
 
+def _word(outcome: Mapping[str, Any]) -> str:
+    result = outcome.get("outcome", "unknown")
+    return OUTCOME_WORD.get(result, str(result))
+
+
 def _error_text(outcome: Mapping[str, Any]) -> str:
-    code, msg = outcome.get("error_code"), outcome.get("error_msg")
-    if not code and not msg:
+    error_code, msg = outcome.get("error_code"), outcome.get("error_msg")
+    if not error_code and not msg:
         return ""
-    code_part = f"{_code(code)}: " if code else ""
+    code_part = f"{_code(error_code)}: " if error_code else ""
     return f"*Error* {code_part}{safe(msg, ERROR_TEXT)}"
 
 
 # -- per-task messages -------------------------------------------------------------------
 
 
-def started_message(task: RunningTask) -> Message:
-    label = _label(task)
+def started_message(task: RunningTask, *, project: str | None = None) -> Message:
     headline = f"{_what(task)} started on {_server(task)}"
-    return _message(
-        f"{label} started on {_name(task)}",
-        [section(headline), _task_fields(task)],
+    return message(
+        f"{_label(task)} started on {_name(task)}{_in(project)}",
+        [section(headline), _task_fields(task), *_project_line(project)],
     )
 
 
 def start_message_finished(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
     """The start message, edited once the task has finished: ✅/❌, duration and error at a glance."""
-    result = outcome.get("outcome", "unknown")
-    label = _label(task)
+    project = outcome.get("project")
     headline = f"{_what(task)} on {_server(task)}: {_outcome_line(outcome)}"
     blocks = [section(headline), _task_fields(task)]
     if error := _error_text(outcome):
         blocks.append(section(error))
-    return _message(f"{label} on {_name(task)} {OUTCOME_WORD.get(result, result)}", blocks)
+    blocks += _project_line(project)
+    return message(f"{_label(task)} on {_name(task)}{_in(project)} {_word(outcome)}", blocks)
 
 
 def finished_reply(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
     """The reply in the start message's thread."""
-    result = outcome.get("outcome", "unknown")
     blocks = [section(_outcome_line(outcome))]
     if error := _error_text(outcome):
         blocks.append(section(error))
-    elif result == "unknown" and outcome.get("error_msg"):
+    elif outcome.get("outcome") == "unknown" and outcome.get("error_msg"):
         blocks.append(context(safe(outcome["error_msg"], ERROR_TEXT)))
     if outcome.get("task_status"):
         blocks.append(context(f"KPS status {_code(outcome['task_status'])}"))
-    return _message(f"{_label(task)} {OUTCOME_WORD.get(result, result)}", blocks)
+    return message(f"{_label(task)} {_word(outcome)}", blocks)
 
 
-def finished_message(task: RunningTask, outcome: Mapping[str, Any], *, note: str = "") -> Message:
-    """A standalone finished message, for a task whose start was never announced on its own:
-    what its start message would have become, plus a note on why it stands alone."""
-    message = start_message_finished(task, outcome)
+def finished_message(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
+    """A standalone finished message, for a task whose start has no message in this channel: what its
+    start message would have become, plus a note on why it stands alone."""
+    result = start_message_finished(task, outcome)
+    note = outcome.get("start_note") or LEGACY_START_NOTES.get(outcome.get("start_kind") or "", "")
     if note:
-        message["blocks"].append(context(note))
-    return message
+        result["blocks"].append(context(safe(note, 500)))
+    return result
+
+
+def stuck_message(task: RunningTask, alert: Mapping[str, Any], *, in_thread: bool) -> Message:
+    """A task still running after KPSBOT_STUCK_MINUTES: a thread reply shown in the channel, or a
+    message of its own when its start has no message there."""
+    project = alert.get("project")
+    running = duration(alert.get("running_s"))
+    headline = f":hourglass: {_what(task)} on {_server(task)} *still running after {running}*"
+    blocks = [section(headline)]
+    if not in_thread:
+        blocks.append(_task_fields(task))
+    blocks.append(context(f"kpsbot alerts once when a task runs longer than {alert.get('minutes')} min."))
+    blocks += _project_line(project)
+    return message(f"{_label(task)} on {_name(task)}{_in(project)} still running after {running}", blocks)
 
 
 # -- summaries ---------------------------------------------------------------------------
@@ -141,7 +153,7 @@ def finished_message(task: RunningTask, outcome: Mapping[str, Any], *, note: str
 
 def _counts_text(counts: Mapping[str, int]) -> str:
     return " · ".join(
-        f"{n:,} {safe(label, VALUE)}" for label, n in sorted(counts.items(), key=lambda i: -i[1])
+        f"{n:,} {inline(label, VALUE)}" for label, n in sorted(counts.items(), key=lambda i: -i[1])
     )
 
 
@@ -167,10 +179,17 @@ def burst_message(
     counts: Mapping[str, int],
     sample: Sequence[Mapping[str, Any]],
     outcomes: Mapping[str, int] | None = None,
+    *,
+    project: str | None = None,
+    minutes: int | None = None,
 ) -> Message:
-    """One message for many starts (or finishes) in a single poll."""
+    """One message for many starts, finishes or stuck tasks in a single poll."""
     noun = "task" if total == 1 else "tasks"
-    headline = f":zap: *{total:,} key-pair {noun} {kind}* since the last poll"
+    what = f"still running after {minutes} min" if kind == "stuck" else kind
+    emoji = ":hourglass:" if kind == "stuck" else ":zap:"
+    headline = f"{emoji} *{total:,} key-pair {noun} {what}*" + (
+        " since the last poll" if kind != "stuck" else ""
+    )
     blocks = [section(headline)]
     summary = [_counts_text(counts)]
     if outcomes:
@@ -184,35 +203,43 @@ def burst_message(
     if sample:
         blocks.append(section(_sample_lines(sample, total)))
     blocks.append(context("Use `/kps-tasks` to see the tasks running now."))
-    return _message(f"{total:,} key-pair {noun} {kind}", blocks)
+    blocks += _project_line(project)
+    return message(f"{total:,} key-pair {noun} {what}{_in(project)}", blocks)
 
 
-def baseline_message(project_id: str, location: str, count: int, counts: Mapping[str, int]) -> Message:
+def baseline_message(
+    project_id: str, location: str, count: int, counts: Mapping[str, int], *, project: str | None = None
+) -> Message:
     noun = "task" if count == 1 else "tasks"
-    where = f" in {safe(location, VALUE)}" if location else ""
-    headline = f":eyes: Watching project {_code(project_id)}{where}: *{count:,} {noun} already running*"
+    where = f" in {inline(location, VALUE)}" if location else ""
+    name = f"*{inline(project, VALUE)}* ({_code(project_id)})" if project else _code(project_id)
+    headline = f":eyes: Watching project {name}{where}: *{count:,} {noun} already running*"
     blocks = [section(headline)]
     if counts:
         blocks.append(context(_counts_text(counts)))
     blocks.append(
         context("New tasks will be announced here, and each start message updated when it finishes.")
     )
-    return _message(
-        f"Watching project {safe(project_id, VALUE)}{where}: {count:,} {noun} already running", blocks
+    plain_where = f" in {location}" if location else ""
+    return message(
+        f"Watching project {project or project_id}{plain_where}: {count:,} {noun} already running", blocks
     )
 
 
-def outage_message(since: float, polls: int, last_error: str, auth_rejected: bool) -> Message:
-    when = date_token(_utc(since))
+def outage_message(
+    since: float, polls: int, last_error: str, auth_rejected: bool, *, project: str | None = None
+) -> Message:
+    when = date_token(utc(since))
+    where = f" for project *{inline(project, VALUE)}*" if project else ""
     if auth_rejected:
-        headline = f":no_entry: *KPS rejected kpsbot's credentials* since {when}"
+        headline = f":no_entry: *KPS rejected kpsbot's credentials*{where} since {when}"
         advice = (
             "Check CLOUD_SDK_AK / CLOUD_SDK_SK (or renew KPS_AUTH_TOKEN) and that the account "
             "may read KPS in this project. No task changes are reported until this is fixed."
         )
         text = "KPS rejected kpsbot's credentials"
     else:
-        headline = f":rotating_light: *KPS API unreachable* since {when}"
+        headline = f":rotating_light: *KPS API unreachable*{where} since {when}"
         advice = "Task starts and finishes are not reported until KPS answers again."
         text = "KPS API unreachable"
     blocks = [
@@ -220,13 +247,53 @@ def outage_message(since: float, polls: int, last_error: str, auth_rejected: boo
         section(f"*Last error* ({polls:,} failed polls in a row): {safe(last_error, ERROR_TEXT)}"),
         context(advice),
     ]
-    return _message(f"{text} (last error: {safe(last_error, ERROR_TEXT)})", blocks)
+    return message(f"{text}{_in(project)} (last error: {last_error})", blocks)
 
 
-def recovery_message(since: float, until: float, polls: int) -> Message:
+def recovery_message(since: float, until: float, polls: int, *, project: str | None = None) -> Message:
     took = duration(until - since)
-    headline = f":white_check_mark: *KPS API reachable again* after {took} ({polls:,} failed polls)"
-    return _message(f"KPS API reachable again after {took}", [section(headline)])
+    where = f" for project *{inline(project, VALUE)}*" if project else ""
+    headline = f":white_check_mark: *KPS API reachable again*{where} after {took} ({polls:,} failed polls)"
+    return message(f"KPS API reachable again{_in(project)} after {took}", [section(headline)])
+
+
+def _burst(kind: str) -> Callable[[Mapping[str, Any]], Message]:
+    def render(payload: Mapping[str, Any]) -> Message:
+        return burst_message(
+            kind,
+            payload["total"],
+            payload["counts"],
+            payload["sample"],
+            payload.get("outcomes"),
+            project=payload.get("project"),
+            minutes=payload.get("minutes"),
+        )
+
+    return render
+
+
+SUMMARY_MESSAGES: dict[str, Callable[[Mapping[str, Any]], Message]] = {
+    "started_burst": _burst("started"),
+    "finished_burst": _burst("finished"),
+    "stuck_burst": _burst("stuck"),
+    "baseline": lambda p: baseline_message(
+        p["project_id"], p["location"], p["count"], p["counts"], project=p.get("project")
+    ),
+    "outage": lambda p: outage_message(
+        p["since"], p["polls"], p["last_error"], p["auth_rejected"], project=p.get("project")
+    ),
+    "recovered": lambda p: recovery_message(p["since"], p["until"], p["polls"], project=p.get("project")),
+}
+SUMMARIES = tuple(SUMMARY_MESSAGES)
+
+
+def render_summary(kind: str, payload: Mapping[str, Any]) -> Message:
+    """The message for an entry that is not about one task."""
+    try:
+        render = SUMMARY_MESSAGES[kind]
+    except KeyError:
+        raise ValueError(f"unknown notification kind {kind!r}") from None
+    return render(payload)
 
 
 # -- a terminal's reading of a message ---------------------------------------------------
@@ -242,6 +309,7 @@ EMOJI = {
     ":eyes:": "👀",
     ":rotating_light:": "🚨",
     ":no_entry:": "⛔",
+    ":hourglass:": "⌛",
 }
 _DATE = re.compile(r"<!date\^\d+\^[^|>]*\|([^>]*)>")
 _LINK = re.compile(r"<[^|>]+\|([^>]+)>")
@@ -251,8 +319,8 @@ _BOLD = re.compile(r"(?<!\w)[*_]([^*_\n]+)[*_](?!\w)")
 def _unmrkdwn(text: str) -> str:
     text = _LINK.sub(r"\1", _DATE.sub(r"\1", text))
     text = _BOLD.sub(r"\1", text).replace("`", "")
-    for code, char in EMOJI.items():
-        text = text.replace(code, char)
+    for emoji, char in EMOJI.items():
+        text = text.replace(emoji, char)
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
@@ -268,26 +336,3 @@ def plain_text(message: Message) -> str:
         if block.get("type") == "context":
             lines.append(" · ".join(_unmrkdwn(e.get("text", "")) for e in block["elements"]))
     return "\n".join(lines) if lines else message.get("text", "")
-
-
-def render_summary(kind: str, payload: dict) -> Message:
-    """The message for an entry that is not about one task."""
-    if kind in ("started_burst", "finished_burst"):
-        return burst_message(
-            kind.split("_")[0],
-            payload["total"],
-            payload["counts"],
-            payload["sample"],
-            payload.get("outcomes"),
-        )
-    if kind == "baseline":
-        return baseline_message(
-            payload["project_id"], payload["location"], payload["count"], payload["counts"]
-        )
-    if kind == "outage":
-        return outage_message(
-            payload["since"], payload["polls"], payload["last_error"], payload["auth_rejected"]
-        )
-    if kind == "recovered":
-        return recovery_message(payload["since"], payload["until"], payload["polls"])
-    raise ValueError(f"unknown notification kind {kind!r}")

@@ -87,7 +87,7 @@ def inline(text: str | None, limit: int) -> str:
     return safe(plain(text, 4 * limit + 16), limit)
 
 
-def code(text: str | None, limit: int) -> str:
+def code(text: str | None, limit: int, empty: str = "`?`") -> str:
     """Inline code for IDs from KPS; backticks are replaced so the span cannot be broken."""
     cleaned = inline((text or "").replace("`", "'"), limit)
-    return f"`{cleaned}`" if cleaned else "`?`"
+    return f"`{cleaned}`" if cleaned else empty

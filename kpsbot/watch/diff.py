@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from kpsbot.kps.client import KpsError
-from kpsbot.kps.models import FailedTask, RunningTask, TaskStatus
+from kpsbot.kps.models import FailedTask, RunningTask, TaskRecords, TaskStatus
 
-STARTED, FINISHED = "started", "finished"
+TaskKey = tuple[str, str]  # (task_id, task_time)
+
 RUNNING, LOOKUP_FAILED = "running", "lookup_failed"  # not finished (yet)
 SUCCEEDED, FAILED, UNKNOWN = "succeeded", "failed", "unknown"
+FINISHED_RESULTS = (SUCCEEDED, FAILED, UNKNOWN)
 MAX_LOOKUP_FAILURES = 3  # polls in a row whose status lookup failed before giving up on a task
 DEFINITIVE_STATUSES = (400, 404)  # KPS does not know the task (any more)
 
@@ -19,25 +20,35 @@ DEFINITIVE_STATUSES = (400, 404)  # KPS does not know the task (any more)
 @dataclass(frozen=True)
 class SnapshotDiff:
     appeared: list[RunningTask]  # oldest start first
-    disappeared: list[str]  # task ids, sorted
+    disappeared: list[TaskKey]  # gone from the list: its status says what became of it
+    replaced: list[TaskKey]  # its task_id came back with another task_time: that earlier run is over
 
     @property
     def unchanged(self) -> bool:
-        return not self.appeared and not self.disappeared
+        return not (self.appeared or self.disappeared or self.replaced)
 
 
-def diff_snapshot(stored: Collection[str], current: Mapping[str, RunningTask]) -> SnapshotDiff:
-    """Compare the stored running task ids (a set or a mapping) with the tasks KPS lists now.
+def diff_snapshot(stored: Mapping[str, str], current: TaskRecords) -> SnapshotDiff:
+    """Compare the stored running tasks (task_id -> task_time) with the tasks KPS lists now.
 
-    Only id sets are compared, so a poll where nothing changed builds no objects.
+    A task is its task_id *and* task_time (SPEC §1): the same ID with another time is a new run,
+    and ends the stored one. Only ids and times are compared, so a poll where nothing changed
+    builds no objects.
     """
-    stored_ids = stored if isinstance(stored, (set, frozenset)) else set(stored)
-    if current.keys() == stored_ids:  # the usual poll: one C-level comparison, no new sets
-        return SnapshotDiff([], [])
-    appeared = [current[task_id] for task_id in current.keys() - stored_ids]
+    records = current.records
+    if records.keys() == stored.keys() and all(
+        records[task_id]["task_time"] == task_time for task_id, task_time in stored.items()
+    ):
+        return SnapshotDiff([], [], [])
+    appeared = [current[task_id] for task_id in records.keys() - stored.keys()]
+    replaced = []
+    for task_id in records.keys() & stored.keys():
+        if records[task_id]["task_time"] != stored[task_id]:
+            replaced.append((task_id, stored[task_id]))
+            appeared.append(current[task_id])
     appeared.sort(key=lambda t: (t.task_time.zfill(20), t.task_id))
-    disappeared = sorted(stored_ids - current.keys())
-    return SnapshotDiff(appeared, disappeared)
+    disappeared = sorted((task_id, stored[task_id]) for task_id in stored.keys() - records.keys())
+    return SnapshotDiff(appeared, disappeared, sorted(replaced))
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,16 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.result in (SUCCEEDED, FAILED, UNKNOWN)
+        return self.result in FINISHED_RESULTS
+
+
+FailedIndex = Mapping[TaskKey, FailedTask]
 
 
 def classify(
-    task_id: str,
+    key: TaskKey,
     status: TaskStatus | KpsError,
-    failed_by_id: Mapping[str, FailedTask],
+    failed: FailedIndex,
     *,
     lookup_failures: int = 0,
 ) -> Outcome:
@@ -78,28 +92,35 @@ def classify(
     if state == "SUCCESS":
         return Outcome(SUCCEEDED, task_status=status.task_status)
     if state == "FAILED":
-        failed = failed_by_id.get(task_id)
+        row = failed.get(key)
         return Outcome(
             FAILED,
             task_status=status.task_status,
-            error_code=failed.task_error_code if failed else "",
-            error_msg=failed.task_error_msg if failed else "",
+            error_code=row.task_error_code if row else "",
+            error_msg=row.task_error_msg if row else "",
         )
     return Outcome(UNKNOWN, task_status=status.task_status, error_msg="KPS reported an unexpected status")
 
 
-@dataclass(frozen=True)
-class TaskChange:
-    """A task that started or finished in one poll."""
+def classify_replaced(key: TaskKey, failed: FailedIndex) -> Outcome:
+    """Outcome of a run whose task_id came back with a new task_time before it was seen to finish.
 
-    kind: str  # started | finished
-    task: RunningTask
-    outcome: Outcome | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    `tasks/{id}` now answers for the new run, so only the failed-tasks list can tell.
+    """
+    row = failed.get(key)
+    if row is not None:
+        return Outcome(
+            FAILED,
+            task_status=row.operate_type,
+            error_code=row.task_error_code,
+            error_msg=row.task_error_msg,
+        )
+    return Outcome(UNKNOWN, error_msg="KPS started this task again before kpsbot saw it finish")
 
-    @property
-    def duration_s(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return max((self.finished_at - self.started_at).total_seconds(), 0.0)
+
+def failed_index(tasks: list[FailedTask]) -> dict[TaskKey, FailedTask]:
+    """The failed-tasks list by (task_id, task_time); the first row of a key wins."""
+    index: dict[TaskKey, FailedTask] = {}
+    for task in tasks:
+        index.setdefault((task.task_id, task.task_time), task)
+    return index

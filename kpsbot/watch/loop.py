@@ -8,23 +8,86 @@ import random
 import socket
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
 
 from kpsbot.store import Store
-from kpsbot.watch.cycle import Watcher
+from kpsbot.watch.cycle import CycleReport, Watcher
 
 log = logging.getLogger(__name__)
+
+SEND_MARGIN = 2.0  # seconds of lease a send needs left: a standby cannot take over mid-send
 
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class Lease:
+    """This process's hold on the watcher lease in the database, fenced by its generation.
+
+    The lease lasts a few intervals, is renewed every iteration (and by a heartbeat during a long
+    cycle) and released on a clean stop. `valid()` is asked before every send: a process whose
+    lease expired or was taken over stops posting at once, even in the middle of a cycle.
+    """
+
+    def __init__(self, store: Store, ttl: float, owner: str | None = None) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.owner = owner or default_owner()
+        self.generation: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self.generation is not None
+
+    def acquire(self) -> bool:
+        """Take or renew the lease; False (and not held) when another process holds it."""
+        with self._lock:
+            try:
+                generation = self.store.acquire_lease(self.owner, self.ttl)
+            except Exception:
+                log.exception("cannot take the watcher lease")
+                generation = None
+            if self.generation is not None and generation != self.generation:
+                log.warning("lost the watcher lease (%s)", self.owner)
+            elif self.generation is None and generation is not None:
+                log.info("took the watcher lease (%s)", self.owner)
+            self.generation = generation
+            return generation is not None
+
+    def renew(self) -> None:
+        """The heartbeat: renew only a lease we hold."""
+        if self.generation is not None:
+            self.acquire()
+
+    def valid(self) -> bool:
+        generation = self.generation
+        if generation is None:
+            return False
+        try:
+            return self.store.holds_lease(self.owner, generation, margin=SEND_MARGIN)
+        except Exception:
+            log.exception("cannot check the watcher lease")
+            return False
+
+    def release(self) -> None:
+        with self._lock:
+            if self.generation is None:
+                return
+            try:
+                self.store.release_lease(self.owner)
+                log.info("released the watcher lease (%s)", self.owner)
+            except Exception:
+                log.exception("cannot release the watcher lease; it expires by itself")
+            self.generation = None
+
+
 class WatcherLoop:
     """Runs `watcher.run_cycle()` in a daemon thread while this process holds the watcher lease.
 
-    Two processes on one database never both post: the lease lasts a few intervals, is
-    renewed every iteration and released on a clean stop, so the other takes over at once.
+    Two processes on one database never both post: only the lease holder runs cycles, and every
+    send checks that the lease is still ours.
     """
 
     def __init__(
@@ -36,19 +99,28 @@ class WatcherLoop:
         owner: str | None = None,
         lease_ttl: float | None = None,
         jitter: float = 0.1,
+        max_cycles: int | None = None,
+        on_cycle: Callable[[CycleReport], None] | None = None,
     ) -> None:
         self.watcher = watcher
         self.store = store
         self.interval = interval
-        self.owner = owner or default_owner()
-        self.lease_ttl = lease_ttl if lease_ttl is not None else 3 * interval + 5
+        self.lease = Lease(store, lease_ttl if lease_ttl is not None else 3 * interval + 5, owner)
         self.jitter = jitter
-        self.last_success: datetime | None = None
-        self.is_leader = False
+        self.max_cycles = max_cycles
+        self.on_cycle = on_cycle
         self.cycles = 0
+        self.done = threading.Event()  # set after `max_cycles` cycles
         self._stop = threading.Event()
-        self._lease_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    @property
+    def owner(self) -> str:
+        return self.lease.owner
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease.held
 
     def start(self) -> WatcherLoop:
         if self._thread is None:
@@ -60,19 +132,9 @@ class WatcherLoop:
         return self
 
     def _heartbeat(self) -> None:
-        period = max(self.lease_ttl / 3, 0.2)
+        period = max(self.lease.ttl / 3, 0.2)
         while not self._stop.wait(period):
-            with self._lease_lock:
-                if not self.is_leader or self._stop.is_set():
-                    continue
-                try:
-                    renewed = self.store.acquire_lease(self.owner, self.lease_ttl)
-                except Exception:
-                    log.exception("cannot renew the watcher lease")
-                    continue
-                if not renewed:
-                    log.warning("lost the watcher lease (%s)", self.owner)
-                    self.is_leader = False
+            self.lease.renew()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current cycle (waiting up to `timeout`) and release the lease."""
@@ -90,51 +152,32 @@ class WatcherLoop:
                     )
                 log.warning("watcher cycle still running after %.0f s; leaving it to finish", timeout)
                 return  # releasing now could let another process post while this one still does
-        self._release()
+        self.lease.release()
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def run_once(self) -> None:
+    def run_once(self) -> CycleReport | None:
         """One iteration: take or renew the lease, and run a cycle if it is ours."""
-        with self._lease_lock:
-            try:
-                leader = self.store.acquire_lease(self.owner, self.lease_ttl)
-            except Exception:
-                log.exception("cannot take the watcher lease; skipping this cycle")
-                leader = False
-            if leader != self.is_leader:
-                log.info("%s the watcher lease (%s)", "took" if leader else "lost", self.owner)
-                self.is_leader = leader
-        if not leader:
-            return
+        if not self.lease.acquire():
+            return None
         try:
-            report = self.watcher.run_cycle(self._stop)
+            report = self.watcher.run_cycle(self._stop, self.lease.valid)
         except Exception:
             log.exception("watcher cycle failed; trying again next interval")
-            return
+            return None
         self.cycles += 1
-        if report.ok:
-            self.last_success = datetime.now(timezone.utc)
         log.info("watcher: %s", report.summary())
+        if self.on_cycle is not None:
+            self.on_cycle(report)
+        return report
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.run_once()
+            if self.max_cycles is not None and self.cycles >= self.max_cycles:
+                self.done.set()
+                return
             delay = self.interval * (1 + random.uniform(-self.jitter, self.jitter))
             self._stop.wait(max(delay, 0.0))
-
-    def _release(self) -> None:
-        with self._lease_lock:
-            self._release_locked()
-
-    def _release_locked(self) -> None:
-        if not self.is_leader:
-            return
-        try:
-            self.store.release_lease(self.owner)
-            log.info("released the watcher lease (%s)", self.owner)
-        except Exception:
-            log.exception("cannot release the watcher lease; it expires by itself")
-        self.is_leader = False

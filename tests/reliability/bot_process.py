@@ -28,6 +28,7 @@ def bot_environment(sim_url: str, slack_url: str, **extra: str) -> dict:
         SLACK_BOT_TOKEN=BOT_TOKEN,
         SLACK_SIGNING_SECRET=SECRET,
         SLACK_API_URL=slack_url,
+        KPSBOT_PACE_SECONDS="0",  # the fake Slack does not rate-limit; these tests count every message
     )
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}

@@ -28,8 +28,10 @@ from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.app import build_app
 from kpsbot.slack.blocks import NEXT, PREV, REFRESH
 from kpsbot.store import Store
-from kpsbot.watch.cycle import Watcher
+from kpsbot.watch.cycle import WatchedProject, Watcher
 from kpsbot.watch.loop import WatcherLoop
+from kpsbot.watch.outbox import Outbox, Pacer
+from kpsbot.watch.plan import ProjectInfo, Route
 
 PROJECT = "p1"
 COMMAND_EXAMPLES = 300
@@ -332,7 +334,9 @@ class RecordingSender:
         except AssertionError as exc:  # the outbox would swallow it: keep it for the test
             self.problems.append(str(exc))
 
-    def post(self, message: dict, *, thread_ts: str | None = None) -> str:
+    def post(
+        self, channel: str, message: dict, *, thread_ts: str | None = None, broadcast: bool = False
+    ) -> str:
         self._check(message)
         self.posted.append(message)
         return f"{len(self.posted)}.000"
@@ -348,7 +352,9 @@ def scripted_watcher():
     kps.session.mount("http://", transport)
     sender = RecordingSender()
     store = Store(":memory:")
-    watcher = Watcher(kps, store, sender, burst=5, project_id=PROJECT, location="test")
+    project = WatchedProject(ProjectInfo(PROJECT, PROJECT, "test"), kps)
+    outbox = Outbox(store, {"*": sender}, pacer=Pacer(0))
+    watcher = Watcher([project], store, outbox, routes=[Route(RecordingSender.channel)], burst=5)
     return watcher, transport, sender, store
 
 

@@ -27,7 +27,14 @@ def all_messages(task: RunningTask, outcome: dict) -> list[dict]:
         note.started_message(task),
         note.start_message_finished(task, outcome),
         note.finished_reply(task, outcome),
-        note.finished_message(task, outcome, note="Already running when kpsbot started watching."),
+        note.finished_message(
+            task, {**outcome, "start_note": "Already running when kpsbot started watching."}
+        ),
+        note.stuck_message(
+            task, {"running_s": 3700.0, "minutes": 60, "project": "cn-north-4_" + "x" * 300}, in_thread=False
+        ),
+        note.stuck_message(task, {"running_s": None, "minutes": 60}, in_thread=True),
+        note.burst_message("stuck", 10_000, {"Reset": 10_000}, sample, project="p<1>", minutes=60),
         note.burst_message("started", 10_000, {task.operate_type: 9_000, "Reset": 1_000}, sample),
         note.burst_message("finished", 10_000, {"Reset": 10_000}, sample, {"failed": 3, "succeeded": 9_997}),
         note.baseline_message("p" * 500, "cn-north-4", 100_000, {"Reset": 100_000}),

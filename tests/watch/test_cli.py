@@ -92,7 +92,8 @@ def test_process_killed_after_storing_sends_on_next_run(sim, slack, env, tmp_pat
         )
         try:
             deadline = time.monotonic() + 20
-            while not stored(env["KPSBOT_DB"], f"started:{task['task_id']}"):
+            started = f"started:p1:{task['task_id']}:{task['task_time']}:{CHANNEL}"
+            while not stored(env["KPSBOT_DB"], started):
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.05)
             time.sleep(0.2)

@@ -11,10 +11,11 @@ from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import TaskStatus
 from kpsbot.store import Store
-from kpsbot.watch.cycle import Watcher
-from kpsbot.watch.delivery import ConsoleSender
+from kpsbot.watch.console import ConsoleSender
+from kpsbot.watch.outbox import CONSOLE
+from kpsbot.watch.plan import Route
 
-from .conftest import CHANNEL, slack_sender
+from .conftest import CHANNEL, build_watcher, key, slack_sender
 
 
 def posts(slack):
@@ -55,7 +56,7 @@ def test_start_is_posted_once_and_ts_kept_for_the_thread(sim, slack, make_watche
     start = posts(slack)[-1]
     assert "Replace started on db-01" in start["args"]["text"]
     assert task["task_id"] in all_text(start) and "prod-kp" in all_text(start)
-    assert watcher.store.task(task["task_id"]).start_ts is not None
+    assert watcher.store.thread("p1", *key(task), CHANNEL) is not None
     watcher.run_cycle()
     assert len(posts(slack)) == 2  # baseline + start: nothing new on an unchanged poll
     assert_all_valid(slack)
@@ -78,7 +79,7 @@ def test_success_and_failure_reply_in_thread_and_edit_the_start(sim, slack, make
     for reply in replies:
         assert "reply_broadcast" not in reply["args"]
     by_thread = {r["args"]["thread_ts"]: r for r in replies}
-    start_ts = {name: watcher.store.task(t["task_id"]).start_ts for name, t in (("ok", ok), ("bad", bad))}
+    start_ts = {name: watcher.store.thread("p1", *key(t), CHANNEL) for name, t in (("ok", ok), ("bad", bad))}
     assert "succeeded" in all_text(by_thread[start_ts["ok"]])
     failed = all_text(by_thread[start_ts["bad"]])
     assert "failed" in failed and "KPS.2003" in failed and "server &lt;web-bad&gt; is stopped" in failed
@@ -110,7 +111,7 @@ def test_hidden_but_running_task_is_not_finished(sim, slack, make_watcher):
     sim.hide_task(task["task_id"])
     report = watcher.run_cycle()
     assert report.finished == 0 and len(posts(slack)) == 2
-    assert task["task_id"] in watcher.store.running_task_ids()
+    assert task["task_id"] in watcher.store.running_snapshot("p1")
     sim.finish_task(task["task_id"], success=True)
     assert watcher.run_cycle().finished == 1
 
@@ -132,7 +133,7 @@ def test_failed_poll_posts_nothing_and_next_good_poll_is_quiet(sim, slack, make_
     sim.fail_next(1, status=503)
     report = watcher.run_cycle()
     assert not report.ok and "503" in report.error
-    assert task["task_id"] in watcher.store.running_task_ids()
+    assert task["task_id"] in watcher.store.running_snapshot("p1")
     sim.fail_next(1, kind="nonjson")
     assert not watcher.run_cycle().ok
     report = watcher.run_cycle()
@@ -288,14 +289,14 @@ def test_finish_waits_for_its_start_message(sim, slack, make_watcher, clock):
     clock.advance(120)
     watcher.run_cycle()
     start, reply = posts(slack)[1:]
-    assert reply["args"]["thread_ts"] == watcher.store.task(task["task_id"]).start_ts
+    assert reply["args"]["thread_ts"] == watcher.store.thread("p1", *key(task), CHANNEL)
     assert len(slack.calls_to("chat.update")) == 1
 
 
 def test_without_slack_events_are_recorded_but_nothing_is_queued(sim, slack, kps, db_path, clock):
     old = sim.add_task(server_name="old-01")
     with Store(db_path) as store:
-        watcher = Watcher(kps, store, None, clock=clock, outage_polls=1)
+        watcher = build_watcher(kps, store, clock=clock, outage_polls=1)
         watcher.run_cycle()
         started = sim.add_task(server_name="new-01")
         report = watcher.run_cycle()
@@ -307,9 +308,11 @@ def test_without_slack_events_are_recorded_but_nothing_is_queued(sim, slack, kps
         watcher.run_cycle()  # an outage...
         watcher.run_cycle()  # ...and its end
         assert [e["kind"] for e in store.events()] == ["started", "finished", "finished"]
-        assert store.outbox() == []
+        assert store.outbox_entries() == []
     # A channel configured later gets only what happens from then on, not a flood of backlog.
-    later = Watcher(kps, Store(db_path), slack_sender(slack), clock=clock)
+    later = build_watcher(
+        kps, Store(db_path), senders={"*": slack_sender(slack)}, routes=[Route(CHANNEL)], clock=clock
+    )
     sim.add_task(server_name="after-01")
     later.run_cycle()
     [only] = posts(slack)
@@ -331,7 +334,9 @@ class FlakyStatusKps(KpsClient):
 def test_lookup_failures_must_be_in_a_row_to_give_up_on_a_task(sim, slack, clock, db_path):
     kps = FlakyStatusKps(sim.url, "p1", AkSkAuth("AK", "SK", "p1"), retries=0, backoff=0)
     with Store(db_path) as store:
-        watcher = Watcher(kps, store, slack_sender(slack), clock=clock)
+        watcher = build_watcher(
+            kps, store, senders={"*": slack_sender(slack)}, routes=[Route(CHANNEL)], clock=clock
+        )
         watcher.run_cycle()
         task = sim.add_task(server_name="slow-01")
         watcher.run_cycle()
@@ -343,7 +348,7 @@ def test_lookup_failures_must_be_in_a_row_to_give_up_on_a_task(sim, slack, clock
             watcher.run_cycle()
             kps.fail_status = False
             assert watcher.run_cycle().finished == 0
-        assert task["task_id"] in store.running_task_ids()
+        assert task["task_id"] in store.running_snapshot("p1")
         assert not any(
             "finished" in c["args"]["text"] or c["args"].get("thread_ts") for c in posts(slack)[2:]
         )
@@ -354,7 +359,7 @@ def test_unparseable_rows_are_counted_in_the_poll(sim, slack, make_watcher):
     sim.fail_next(1, status=200, body={"total": 2, "tasks": [{"no": "id"}, {"task_id": "t-ok"}]})
     report = watcher.run_cycle()
     assert report.tasks == 1
-    assert report.skipped_rows == 1 and watcher.store.last_poll().skipped_rows == 1
+    assert report.projects[0].skipped_rows == 1 and watcher.store.last_poll().skipped_rows == 1
     assert "1 unreadable rows skipped" in report.summary()
 
 
@@ -392,16 +397,19 @@ def test_a_long_slack_outage_is_waited_out_but_refusals_are_capped(sim, slack, m
 
 def test_start_printed_on_the_console_finishes_standalone_in_slack(sim, slack, kps, db_path, clock):
     with Store(db_path) as store:
-        console = Watcher(kps, store, ConsoleSender(io.StringIO(), clock=clock), clock=clock)
+        senders = {CONSOLE: ConsoleSender(io.StringIO(), clock=clock)}
+        console = build_watcher(kps, store, senders=senders, routes=[Route(CONSOLE)], clock=clock)
         console.run_cycle()
         task = sim.add_task(server_name="web-moved")
         console.run_cycle()
-        assert store.task(task["task_id"]).start_channel == "console"
-        slack_watcher = Watcher(kps, store, slack_sender(slack), clock=clock)
+        assert store.thread("p1", *key(task), CONSOLE) is not None
+        slack_watcher = build_watcher(
+            kps, store, senders={"*": slack_sender(slack)}, routes=[Route(CHANNEL)], clock=clock
+        )
         sim.finish_task(task["task_id"], success=True)
         report = slack_watcher.run_cycle()
         assert (report.pending, report.failed_deliveries, report.delivery_error) == (0, 0, None)
-        assert store.outbox_status(f"finished_edit:{task['task_id']}") == "skipped"
+        assert [e.kind for e in store.outbox_entries() if e.channel == CHANNEL] == ["finished"]
         [finished] = posts(slack)
         assert "thread_ts" not in finished["args"] and "web-moved" in all_text(finished)
         assert slack.calls_to("chat.update") == []

@@ -6,10 +6,10 @@ import threading
 import time
 
 from kpsbot.store import Store
-from kpsbot.watch.cycle import Watcher
 from kpsbot.watch.loop import WatcherLoop
+from kpsbot.watch.plan import Route
 
-from .conftest import slack_sender
+from .conftest import CHANNEL, build_watcher, slack_sender
 
 
 class CountingWatcher:
@@ -17,13 +17,13 @@ class CountingWatcher:
         self.cycles = 0
         self.fail = fail
 
-    def run_cycle(self, stop=None):
+    def run_cycle(self, stop=None, may_send=None):
         self.cycles += 1
         if self.fail:
             raise RuntimeError("boom")
         from kpsbot.watch.cycle import CycleReport
 
-        return CycleReport(ok=True)
+        return CycleReport(())
 
     def wait_idle(self, timeout=None) -> bool:
         return True
@@ -47,7 +47,7 @@ def test_only_the_lease_holder_runs_cycles_and_the_other_takes_over(tmp_path):
         assert wb.cycles == 0 and a.is_leader and not b.is_leader
         a.stop()
         wait_until(lambda: wb.cycles >= 2)  # a clean stop releases the lease at once
-        assert b.is_leader and a.last_success is not None
+        assert b.is_leader and a.cycles >= 6
         b.stop()
         assert store_a.lease_holder() is None
 
@@ -67,7 +67,7 @@ def test_a_failing_cycle_does_not_kill_the_thread(tmp_path, caplog):
         watcher = CountingWatcher(fail=True)
         loop = WatcherLoop(watcher, store, interval=0.01, owner="a").start()
         wait_until(lambda: watcher.cycles >= 3)
-        assert loop.running and loop.last_success is None and "boom" in caplog.text
+        assert loop.running and "boom" in caplog.text
         loop.stop()
         assert not loop.running
 
@@ -79,7 +79,7 @@ class SlowWatcher(CountingWatcher):
         super().__init__()
         self.seconds = seconds
 
-    def run_cycle(self, stop=None):
+    def run_cycle(self, stop=None, may_send=None):
         report = super().run_cycle(stop)
         time.sleep(self.seconds)
         return report
@@ -104,13 +104,12 @@ class SlowSlack:
 
     def __init__(self, sender, seconds: float) -> None:
         self.sender, self.seconds = sender, seconds
-        self.channel = sender.channel
         self.posting = threading.Event()
 
-    def post(self, message, *, thread_ts=None):
+    def post(self, channel, message, *, thread_ts=None, broadcast=False):
         self.posting.set()
         time.sleep(self.seconds)
-        return self.sender.post(message, thread_ts=thread_ts)
+        return self.sender.post(channel, message, thread_ts=thread_ts, broadcast=broadcast)
 
     def update(self, channel, ts, message):
         self.sender.update(channel, ts, message)
@@ -119,15 +118,16 @@ class SlowSlack:
 def test_stop_never_leaves_a_delivery_between_send_and_record(sim, kps, slack, tmp_path):
     path = tmp_path / "k.db"
     with Store(path) as store:
-        Watcher(kps, store, None).run_cycle()  # the baseline, quietly
+        build_watcher(kps, store).run_cycle()  # the baseline, quietly
         for i in range(3):
             sim.add_task(server_name=f"web-{i}")
         sender = SlowSlack(slack_sender(slack), seconds=0.5)
-        loop = WatcherLoop(Watcher(kps, store, sender), store, interval=60, owner="a").start()
+        watcher = build_watcher(kps, store, senders={"*": sender}, routes=[Route(CHANNEL)])
+        loop = WatcherLoop(watcher, store, interval=60, owner="a").start()
         assert sender.posting.wait(5)
         loop.stop(timeout=2)  # longer than the send in flight, shorter than the other two sends
         # Whatever reached Slack is recorded as sent before stop returns, and nothing more is sent.
-        sent = store.outbox("sent")
+        sent = store.outbox_entries("sent")
         assert len(sent) == len(slack.calls_to("chat.postMessage")) == 1
         time.sleep(0.7)
-        assert len(slack.calls_to("chat.postMessage")) == 1 and len(store.outbox("pending")) == 2
+        assert len(slack.calls_to("chat.postMessage")) == 1 and len(store.outbox_entries("pending")) == 2

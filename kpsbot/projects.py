@@ -1,0 +1,132 @@
+"""The configured projects with their IDs: given in the settings, kept in the database, or looked up
+in IAM by name (as the official SDK does when no project ID is given)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kpsbot.kps.client import KpsError
+from kpsbot.kps.iam import IamClient, ProjectNotFound
+from kpsbot.settings import ProjectSetting
+from kpsbot.store import Store
+
+log = logging.getLogger(__name__)
+
+SETTING, IAM, DATABASE = "setting", "iam", "database"
+RETRY_SECONDS = 60.0  # how often `kpsbot run` asks IAM again for a project it could not resolve
+
+
+@dataclass(frozen=True)
+class Project:
+    """A configured project whose ID is known."""
+
+    name: str
+    region: str | None
+    id: str
+    source: str  # setting | iam | database
+
+    @property
+    def location(self) -> str:
+        return self.region or ""
+
+
+class ProjectDirectory:
+    """Resolves configured projects to IDs once, and again later for those IAM could not answer.
+
+    IDs from IAM are kept in the store, so a restart does not depend on IAM; an ID kept there is
+    used only for the same name and region.
+    """
+
+    def __init__(
+        self,
+        configured: Sequence[ProjectSetting],
+        *,
+        store: Store | None,
+        iam: Callable[[str], IamClient] | None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        self.configured = tuple(configured)
+        self.store = store
+        self.iam = iam
+        self._clock = clock
+        self.retry_seconds = retry_seconds
+        self._resolved: dict[str, Project] = {}
+        self._errors: dict[str, str] = {}
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def several(self) -> bool:
+        return len(self.configured) > 1
+
+    def resolve(self, *, strict: bool = False) -> list[Project]:
+        """Find the IDs still unknown. With `strict` (one-shot commands) an unreachable IAM raises
+        KpsError; otherwise the project stays unresolved and is tried again after a while. A name
+        IAM does not know, or knows twice, raises ProjectNotFound either way."""
+        with self._lock:
+            known = self.store.known_projects() if self.store is not None else {}
+            for setting in self.configured:
+                if setting.name in self._resolved:
+                    continue
+                if setting.id is not None:
+                    self._resolved[setting.name] = Project(setting.name, setting.region, setting.id, SETTING)
+                    continue
+                kept = known.get(setting.name)
+                if kept is not None and kept.region == setting.region and kept.source == IAM:
+                    self._resolved[setting.name] = Project(setting.name, setting.region, kept.id, DATABASE)
+                    continue
+                self._look_up(setting, strict)
+            return self.projects()
+
+    def _look_up(self, setting: ProjectSetting, strict: bool) -> None:
+        if self.iam is None or setting.region is None:
+            self._errors[setting.name] = "no project ID, and no way to look it up"
+            return
+        try:
+            project_id = self.iam(setting.region).project_id(setting.name)
+        except ProjectNotFound:
+            raise
+        except KpsError as exc:
+            self._errors[setting.name] = str(exc)
+            if strict:
+                raise
+            log.warning("cannot look up the ID of project %s in IAM (retrying later): %s", setting.name, exc)
+            return
+        self._errors.pop(setting.name, None)
+        self._resolved[setting.name] = Project(setting.name, setting.region, project_id, IAM)
+        log.info("project %s has ID %s (from IAM)", setting.name, project_id)
+        if self.store is not None:
+            self.store.remember_project(setting.name, setting.region, project_id, IAM)
+
+    def refresh(self) -> list[Project]:
+        """In a long-running process: retry unresolved projects, at most every `retry_seconds`.
+        A name IAM says it does not know is logged and stays unresolved."""
+        if len(self._resolved) == len(self.configured) or self._clock() < self._next_try:
+            return self.projects()
+        self._next_try = self._clock() + self.retry_seconds
+        try:
+            return self.resolve()
+        except ProjectNotFound as exc:
+            log.error("%s", exc)
+            self._errors[exc.name] = str(exc)
+            return self.projects()
+
+    def projects(self) -> list[Project]:
+        """The resolved projects, in the order they are configured."""
+        return [self._resolved[s.name] for s in self.configured if s.name in self._resolved]
+
+    def unresolved(self) -> dict[str, str]:
+        """Configured project names without an ID yet, with why."""
+        return {
+            s.name: self._errors.get(s.name, "not looked up yet")
+            for s in self.configured
+            if s.name not in self._resolved
+        }
+
+    def by_name(self, name: str) -> Project | None:
+        return self._resolved.get(name)
