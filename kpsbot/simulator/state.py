@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,11 @@ MAX_STARTS_PER_TICK = 10_000  # a clock jump must not stall a request creating m
 DEFAULT_ERROR = ("KPS.2003", "server is not running")
 SERVER_PREFIXES = ("web", "api", "db", "cache", "worker", "batch", "bastion", "gpu")
 KEYPAIRS = ("kp-deploy", "kp-ops", "kp-ci", "kp-backup", "kp-admin")
+# A long `kpsbot simulate` must not grow without bound; these hold a 30-minute soak at several tasks/s.
+MAX_TRANSITIONS = 100_000
+MAX_FINISHED = 100_000  # finished tasks whose status is still known; older ones answer 404
+MAX_FAILED = 10_000  # rows of the failed-tasks list
+REQUEST_LOG_SIZE = 10_000
 
 
 def _sort_key(record: dict) -> tuple[int, str]:
@@ -32,6 +38,10 @@ class Simulator:
     Thread-safe. Records handed out are never mutated afterwards, so pages are serialised outside the lock.
     Tasks created at start (`tasks=N`) are the pre-existing snapshot: they are not in `transitions()`,
     and with `rate=0` they stay running until finished explicitly.
+
+    Memory is bounded: the last `max_transitions` transitions and `request_log_size` requests are kept,
+    and of the finished tasks the newest `max_finished` statuses and `max_failed` failed rows; an older
+    finished task is forgotten (its status is 404), as a real KPS eventually forgets it.
     """
 
     def __init__(
@@ -46,6 +56,10 @@ class Simulator:
         finish_after: tuple[float, float] = (5.0, 20.0),
         fail_ratio: float = 0.2,
         clock: Callable[[], float] = time.time,
+        max_transitions: int = MAX_TRANSITIONS,
+        max_finished: int = MAX_FINISHED,
+        max_failed: int = MAX_FAILED,
+        request_log_size: int = REQUEST_LOG_SIZE,
     ) -> None:
         if (ak is None) != (sk is None):
             raise ValueError("set both ak and sk, or neither")
@@ -57,6 +71,8 @@ class Simulator:
         self.finish_after = finish_after
         self.fail_ratio = fail_ratio
         self.clock = clock
+        self.max_finished = max_finished
+        self.max_failed = max_failed
         self._rng = random.Random(seed)
         self._fault_rng = random.Random(None if seed is None else f"faults-{seed}")
         self._lock = threading.RLock()
@@ -64,8 +80,9 @@ class Simulator:
         self._running: dict[str, dict] = {}
         self._hidden: dict[str, dict] = {}
         self._status: dict[str, tuple[str, str]] = {}  # task_id -> (server_id, task_status)
-        self._failed: list[dict] = []
-        self._transitions: list[dict] = []
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finished task IDs, oldest first
+        self._failed: OrderedDict[str, dict] = OrderedDict()  # task_id -> failed row, oldest first
+        self._transitions: deque[dict] = deque(maxlen=max_transitions)
         self._finish_queue: list[tuple[float, str]] = []  # heap of (finish at, task_id)
         self._finish_at: dict[str, float] = {}
         self._running_sorted: list[dict] | None = None
@@ -79,7 +96,7 @@ class Simulator:
         self.timeout_seconds = TIMEOUT_FAULT_SECONDS
         self._fail_next: list[dict] = []
         self.requests = 0
-        self.request_log: list[tuple[str, str]] = []
+        self.request_log: deque[tuple[str, str]] = deque(maxlen=request_log_size)
 
         now = self.clock()
         self._next_start: float | None = now + 1.0 / rate if rate > 0 else None
@@ -193,11 +210,19 @@ class Simulator:
         action = record["operate_type"].rpartition("_")[2] or "RESET"
         status = f"{'SUCCESS' if success else 'FAILED'}_{action}"
         self._status[task_id] = (record["server_id"], status)
+        self._finished[task_id] = None
         if not success:
             failed = dict(record, operate_type=f"FAILED_{action}")
             failed.update(task_error_code=error_code, task_error_msg=error_msg)
-            self._failed.append(failed)
+            self._failed[task_id] = failed
             self._failed_sorted = None
+            if len(self._failed) > self.max_failed:
+                self._failed.popitem(last=False)
+        while len(self._finished) > self.max_finished:
+            forgotten, _ = self._finished.popitem(last=False)
+            self._status.pop(forgotten, None)
+            if self._failed.pop(forgotten, None) is not None:
+                self._failed_sorted = None
         self._transitions.append(
             {
                 "kind": "finished",
@@ -237,7 +262,8 @@ class Simulator:
             self._hidden.pop(task_id, None)
             self._finish_at.pop(task_id, None)
             self._status.pop(task_id)
-            self._failed = [row for row in self._failed if row["task_id"] != task_id]
+            self._finished.pop(task_id, None)
+            self._failed.pop(task_id, None)
             self._running_sorted = self._failed_sorted = None
 
     def tick(self, now: float | None = None) -> None:
@@ -278,7 +304,7 @@ class Simulator:
 
     def _sorted_failed(self) -> list[dict]:
         if self._failed_sorted is None:
-            self._failed_sorted = sorted(self._failed, key=_sort_key)
+            self._failed_sorted = sorted(self._failed.values(), key=_sort_key)
         return self._failed_sorted
 
     def running(self) -> list[dict]:

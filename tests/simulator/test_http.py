@@ -217,3 +217,29 @@ def test_control_endpoints(sim, server, client):
     assert (state["running"], state["failed"]) == (0, 1)
     assert [t["kind"] for t in state["transitions"]] == ["started", "finished"]
     assert requests.post(f"{base}/tick", timeout=5).status_code == 200
+
+
+# -- bounded memory ----------------------------------------------------------------------------
+
+
+def test_request_log_keeps_the_newest_requests():
+    sim = Simulator(project_id=PROJECT, request_log_size=3)
+    with SimulatorServer(sim) as server, requests.Session() as session:
+        for index in range(5):
+            session.get(f"{server.url}/v3/{PROJECT}/tasks/t{index}", timeout=5)
+    assert sim.requests == 5
+    assert list(sim.request_log) == [("GET", f"/v3/{PROJECT}/tasks/t{index}") for index in (2, 3, 4)]
+
+
+def test_a_forgotten_task_is_404_like_one_kps_never_knew():
+    sim = Simulator(project_id=PROJECT, max_finished=1)
+    for task_id in ("old", "new"):
+        sim.add_task(task_id=task_id)
+        sim.finish_task(task_id, success=False)
+    with SimulatorServer(sim) as server:
+        client = make_client(server.url, TokenAuth("unused"))
+        assert client.get_task_status("new").task_status == "FAILED_RESET"
+        with pytest.raises(KpsError) as caught:
+            client.get_task_status("old")
+        assert (caught.value.status, caught.value.error_code) == (404, "KPS.0004")
+        assert [t.task_id for t in client.list_failed_tasks().tasks] == ["new"]

@@ -104,3 +104,48 @@ def test_churn_finishes_and_starts_the_same_number():
     assert len(after) == 50 and len(before - after) == 10 and len(after - before) == 10
     kinds = [t["kind"] for t in sim.transitions()]
     assert kinds.count("finished") == 10 and kinds.count("started") == 10
+
+
+# -- bounded memory ----------------------------------------------------------------------------
+
+
+def test_transitions_keep_only_the_newest():
+    sim = Simulator(max_transitions=5, seed=1)
+    for index in range(4):
+        sim.add_task(task_id=f"t{index}")
+    for index in range(4):
+        sim.finish_task(f"t{index}")
+    kinds = [(t["kind"], t["task_id"]) for t in sim.transitions()]
+    assert kinds == [("started", "t3")] + [("finished", f"t{index}") for index in range(4)]
+
+
+def test_the_oldest_finished_tasks_are_forgotten_first():
+    sim = Simulator(max_finished=2, seed=1)
+    sim.add_task(task_id="still-running")
+    for task_id in ("a", "b", "c"):
+        sim.add_task(task_id=task_id)
+        sim.finish_task(task_id)
+    assert [sim.status(task_id) for task_id in ("a", "b", "c")] == [None, "SUCCESS_RESET", "SUCCESS_RESET"]
+    assert sim.status("still-running") == "RUNNING_RESET"  # only finished tasks are forgotten
+    assert sim.counts()["known"] == 3
+    sim.add_task(task_id="a")  # a forgotten ID may be used again
+    assert sim.status("a") == "RUNNING_RESET"
+
+
+def test_the_failed_list_keeps_only_the_newest_rows():
+    sim = Simulator(max_failed=2, seed=1)
+    for task_id in ("a", "b", "c"):
+        sim.add_task(task_id=task_id, task_time_ms=1_000)
+        sim.finish_task(task_id, success=False)
+    assert [t["task_id"] for t in sim.failed()] == ["b", "c"]
+    assert sim.status("a") == "FAILED_RESET"  # the status outlives the failed row
+
+
+def test_a_forgotten_failed_task_leaves_the_failed_list_too():
+    sim = Simulator(max_finished=1, seed=1)
+    sim.add_task(task_id="bad")
+    sim.finish_task("bad", success=False)
+    sim.add_task(task_id="good")
+    sim.finish_task("good")
+    assert sim.status("bad") is None
+    assert sim.failed() == []
