@@ -28,7 +28,7 @@ class BackgroundHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def track(self, conn: socket.socket, open_: bool) -> None:
         with self._conn_lock:
@@ -60,7 +60,7 @@ class BackgroundHTTPServer(ThreadingHTTPServer):
         """Sleep up to `seconds`, waking early when the server stops; True if it is stopping."""
         return self.stopping.wait(seconds) if seconds > 0 else self.stopping.is_set()
 
-    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver's signature
+    def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, OSError)):
             super().handle_error(request, client_address)
 

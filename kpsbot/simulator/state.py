@@ -1,9 +1,9 @@
-"""One simulated KPS project: its running, hidden, finished and failed tasks, their lifecycle and faults."""
+"""One simulated KPS project: its identity, its running, finished and failed tasks, lifecycle and faults."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
-import hmac
 import random
 import threading
 import time
@@ -12,7 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from kpsbot.kps.auth import signature
+from kpsbot.settings import REGION_RE, region_of
+from kpsbot.simulator.verify import Credentials
 
 ACTIONS = ("RESET", "REPLACE", "UNBIND")
 FAULT_KINDS = ("status", "nonjson", "timeout", "reset")
@@ -26,6 +27,27 @@ MAX_TRANSITIONS = 100_000
 MAX_FINISHED = 100_000  # finished tasks whose status is still known; older ones answer 404
 MAX_FAILED = 10_000  # rows of the failed-tasks list
 REQUEST_LOG_SIZE = 10_000
+DEFAULT_PROJECT_ID = "p1"
+
+
+def derived_project_id(name: str) -> str:
+    """The ID a project given by name only gets: the same for the same name, so restarts keep it."""
+    return hashlib.sha256(f"kpsbot-sim:{name}".encode()).hexdigest()[:32]
+
+
+def region_of_name(name: str) -> str | None:
+    """The region a project's name starts with (`cn-north-4_dev` -> `cn-north-4`), None if it has none."""
+    region = region_of(name)
+    return region if REGION_RE.match(region) else None
+
+
+def planned_faults(n: int, status: int | None, body: Any, kind: str) -> list[dict]:
+    """`n` faults of one kind, as `Simulator.fail_next` describes them."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+    if status is None:
+        status = 502 if kind == "nonjson" else 500
+    return [{"kind": kind, "status": status, "body": body} for _ in range(n)]
 
 
 def _sort_key(record: dict) -> tuple[int, str]:
@@ -34,6 +56,10 @@ def _sort_key(record: dict) -> tuple[int, str]:
 
 class Simulator:
     """The simulated KPS state for one project: running, hidden, finished and failed tasks, plus faults.
+
+    A project has an ID, a name (default: the ID) and a region (default: the name up to the first `_`
+    when that is a region, else None). Given a name and no ID, it gets `derived_project_id(name)`.
+    `ak`/`sk`/`token` are the account's credentials its server accepts (see `SimulatorServer`).
 
     Thread-safe. Records handed out are never mutated afterwards, so pages are serialised outside the lock.
     Tasks created at start (`tasks=N`) are the pre-existing snapshot: they are not in `transitions()`,
@@ -46,7 +72,7 @@ class Simulator:
 
     def __init__(
         self,
-        project_id: str = "p1",
+        project_id: str | None = None,
         ak: str | None = None,
         sk: str | None = None,
         token: str | None = None,
@@ -60,13 +86,15 @@ class Simulator:
         max_finished: int = MAX_FINISHED,
         max_failed: int = MAX_FAILED,
         request_log_size: int = REQUEST_LOG_SIZE,
+        name: str | None = None,
+        region: str | None = None,
     ) -> None:
-        if (ak is None) != (sk is None):
-            raise ValueError("set both ak and sk, or neither")
+        self.credentials = Credentials(ak, sk, token)
+        if project_id is None:
+            project_id = derived_project_id(name) if name else DEFAULT_PROJECT_ID
         self.project_id = project_id
-        self._ak = ak
-        self._sk = sk
-        self._token = token
+        self.name = name or project_id
+        self.region = region or region_of_name(self.name)
         self.rate = rate
         self.finish_after = finish_after
         self.fail_ratio = fail_ratio
@@ -107,27 +135,10 @@ class Simulator:
                 self._schedule(record["task_id"], now + self._rng.uniform(*finish_after))
 
     def __repr__(self) -> str:
-        auth = [name for name, value in (("aksk", self._ak), ("token", self._token)) if value]
-        return f"Simulator(project_id={self.project_id!r}, auth={auth}, running={len(self._running)})"
-
-    # -- auth configuration (read by the HTTP handler) ---------------------------------
-
-    @property
-    def auth_required(self) -> bool:
-        return bool(self._ak or self._token)
-
-    def check_token(self, value: str) -> bool:
-        return bool(self._token) and hmac.compare_digest(value.encode(), self._token.encode())
-
-    @property
-    def aksk_enabled(self) -> bool:
-        return self._sk is not None
-
-    def check_access_key(self, value: str) -> bool:
-        return bool(self._ak) and hmac.compare_digest(value.encode(), self._ak.encode())
-
-    def expected_signature(self, to_sign: str) -> str:
-        return signature(self._sk or "", to_sign)
+        return (
+            f"Simulator(project_id={self.project_id!r}, name={self.name!r}, region={self.region!r}, "
+            f"auth={self.credentials.kinds}, running={len(self._running)})"
+        )
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -364,12 +375,9 @@ class Simulator:
         `nonjson`: an HTML page under `status` (502 by default); `timeout`: no answer for
         `timeout_seconds`, then the normal one; `reset`: the socket closed without an answer.
         """
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        faults = planned_faults(n, status, body, kind)
         with self._lock:
-            if status is None:
-                status = 502 if kind == "nonjson" else 500
-            self._fail_next.extend({"kind": kind, "status": status, "body": body} for _ in range(n))
+            self._fail_next.extend(faults)
 
     def clear_faults(self) -> None:
         with self._lock:

@@ -27,3 +27,19 @@ def server(sim):
 @pytest.fixture
 def client(server):
     return make_client(server.url, AkSkAuth(AK, SK, PROJECT))
+
+
+@pytest.fixture
+def account():
+    """Three projects of one account in two regions: two named only (derived IDs), one with its ID."""
+    return [
+        Simulator(name="cn-north-4", ak=AK, sk=SK, token=TOKEN, seed=1),
+        Simulator(name="cn-north-4_dev", ak=AK, sk=SK, token=TOKEN, seed=2),
+        Simulator(project_id="0a1b", name="ap-southeast-1_prod", ak=AK, sk=SK, token=TOKEN, seed=3),
+    ]
+
+
+@pytest.fixture
+def account_server(account):
+    with SimulatorServer(account) as running:
+        yield running
