@@ -431,7 +431,7 @@ def run_watcher_alone(watcher: Watcher, store: Store, settings: Settings) -> Non
 # -- kpsbot simulate ---------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Run a local KPS (and IAM) simulator.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -446,44 +446,82 @@ def run_watcher_alone(watcher: Watcher, store: Store, settings: Settings) -> Non
     type=click.IntRange(min=0),
     default=25,
     show_default=True,
-    help="Tasks running at start.",
+    help="Tasks running at start, in each project.",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(min=0),
     default=0.2,
     show_default=True,
-    help="New tasks started per second (0: a static snapshot).",
+    help="New tasks started per second, in each project (0: a static snapshot).",
 )
-@click.option("--seed", type=int, default=None, help="Random seed, for reproducible runs.")
-@click.option("--project-id", default=None, help="Project to serve (default: KPS_PROJECT_ID).")
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Random seed, for reproducible runs (each project derives its own).",
+)
+@click.option(
+    "--project",
+    "project_specs",
+    multiple=True,
+    metavar="NAME[:ID]",
+    help="A project to serve, e.g. cn-north-4_dev or ap-southeast-1:0a1b (repeatable; default: settings).",
+)
+@click.option("--project-id", default=None, help="Serve one project with this ID, named by it.")
 @click.option("--ak", default=None, help="AK to accept (default: CLOUD_SDK_AK).")
 @click.option("--sk", default=None, help="SK to accept (default: CLOUD_SDK_SK).")
 @click.option("--token", default=None, help="IAM token to accept (default: KPS_AUTH_TOKEN).")
 @pass_context
-def simulate(ctx: Context, host, port, task_count, rate, seed, project_id, ak, sk, token) -> None:  # noqa: ANN001
-    """Run a local KPS API simulator (signature checks included)."""
+def simulate(
+    ctx: Context, host, port, task_count, rate, seed, project_specs, project_id, ak, sk, token
+) -> None:
+    """Run a local KPS API simulator (signature checks included) that also answers IAM's project
+    look-up (GET /v3/projects?name=), so a client configured from the same .env talks to it.
+
+    It serves the projects of the settings (KPS_PROJECTS, or KPS_REGION / KPS_PROJECT_ID) and
+    accepts their credentials (CLOUD_SDK_AK / CLOUD_SDK_SK, KPS_AUTH_TOKEN); options win over
+    settings. A project given by name only gets an ID of its own, the same on every run. With no
+    project configured at all, it serves one project named cn-north-4. The start-up line lists the
+    projects and the KPS_ENDPOINT and KPS_IAM_ENDPOINT to set.
+    """
+    from kpsbot.settings import ProjectSetting
     from kpsbot.simulator import Simulator, serve
 
     settings = ctx.settings
-    project_id = project_id or settings.project_id
-    if not project_id:
-        fail("KPS_PROJECT_ID is not set: set it, or pass --project-id", EXIT_USAGE)
+    if project_specs and project_id:
+        fail("--project and --project-id both name projects: use --project NAME:ID alone", EXIT_USAGE)
+    projects: list[ProjectSetting] = []
+    for spec in project_specs:
+        name, sep, spec_id = (part.strip() for part in spec.partition(":"))
+        if not name or (sep and not spec_id):
+            fail(f"--project {spec!r} is not NAME or NAME:ID, e.g. --project cn-north-4_dev", EXIT_USAGE)
+        projects.append(ProjectSetting(name=name, region=None, id=spec_id or None))
+    if project_id:
+        projects = [ProjectSetting(name=project_id, region=None, id=project_id)]
+    projects = projects or list(settings.projects) or [ProjectSetting("cn-north-4", "cn-north-4", None)]
     ak, sk = ak or settings.ak, sk or settings.sk
     if bool(ak) != bool(sk):
         missing = "CLOUD_SDK_SK (or --sk)" if ak else "CLOUD_SDK_AK (or --ak)"
         fail(f"{missing} is not set: the simulator checks signatures with both AK and SK", EXIT_USAGE)
-    sim = Simulator(
-        project_id=project_id,
-        ak=ak,
-        sk=sk,
-        token=token or settings.auth_token,
-        tasks=task_count,
-        seed=seed,
-        rate=rate,
-    )
+    sims = [
+        Simulator(
+            project_id=project.id,
+            name=project.name,
+            region=project.region,
+            ak=ak,
+            sk=sk,
+            token=token or settings.auth_token,
+            tasks=task_count,
+            seed=seed if seed is None or len(projects) == 1 else f"{seed}:{project.name}",
+            rate=rate,
+        )
+        for project in projects
+    ]
     try:
-        serve(host, port, sim)
+        serve(host, port, sims)
+    except ValueError as exc:  # e.g. two projects with one ID
+        fail(f"cannot simulate these projects: {exc}", EXIT_USAGE)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_USAGE)
 

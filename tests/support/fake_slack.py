@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from slack_sdk.models.blocks import Block
 
-from kpsbot.simulator import BackgroundHTTPServer, QuietHandler
+from kpsbot.simulator.loopback import BackgroundHTTPServer, QuietHandler
 
 MAX_BLOCKS = 50
 MAX_TEXT = 4000
