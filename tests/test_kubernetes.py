@@ -118,6 +118,9 @@ def test_kustomization_applies_the_manifests_but_not_the_secret_example():
     assert SECRET_EXAMPLE not in resources
     # A manifest added later must be listed here or named as not applied.
     assert set(manifest_files()) == APPLIED | {SECRET_EXAMPLE}
+    # Labels that reach selectors would make a later label change fail on the live Deployment.
+    assert "commonLabels" not in kustomization
+    assert all(not entry.get("includeSelectors") for entry in kustomization.get("labels", []))
 
 
 # -- the Deployment --------------------------------------------------------------------------
