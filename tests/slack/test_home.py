@@ -1,9 +1,12 @@
-"""The App Home tab: the rendered view (pure, plain tables of cases) and the listener with a Mock client."""
+"""The App Home tab: the rendered view (pure, plain tables of cases), the listener with a Mock client,
+and app_home_opened end to end over signed HTTP and over a Socket Mode WebSocket."""
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from unittest.mock import Mock
@@ -11,8 +14,14 @@ from unittest.mock import Mock
 import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
-from support.fake_slack import assert_valid_view
+from support.fake_slack import FakeSlack, assert_valid_view
+from support.fake_socket_mode import FakeSocketMode
+from support.slack_requests import Bot
 
+from kpsbot.kps.auth import AkSkAuth
+from kpsbot.kps.client import KpsClient
+from kpsbot.settings import settings_from
+from kpsbot.slack.app import build_app
 from kpsbot.slack.home import (
     FINISHED_SHOWN,
     LINE,
@@ -25,6 +34,7 @@ from kpsbot.slack.home import (
     handle_home_opened,
     render_home,
 )
+from kpsbot.slack.server import SocketModeService
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 HOSTILE = "<!channel> <@U1> & `tick` *bold* <https://evil.example|click> " + "x" * 10_000
@@ -406,3 +416,118 @@ def test_a_slack_error_is_logged_with_its_code(caplog):
         handle_home_opened(home_event(), client, status=status, clock=lambda: NOW)
     [record] = caplog.records
     assert "not_enabled" in record.getMessage() and record.exc_info is None
+
+
+# -- over HTTP: signed Events API requests to the real server --------------------------
+
+
+def provider() -> HomeStatus:
+    return status(projects=[project("p1", region="cn-north-4")])
+
+
+def test_app_home_opened_over_http_publishes_one_view(start_bot, fake):
+    bot = start_bot(tasks=0, home=provider)
+    answer = bot.event(home_event("U1"))
+    assert answer.status == 200 and answer.seconds < 3  # Slack re-sends an event not acked in 3 s
+    [call] = fake.wait_for_calls("views.publish", 1)
+    assert call["args"]["user_id"] == "U1" and call["token"] == "xoxb-test"
+    view = call["args"]["view"]
+    assert_valid_view(view)
+    assert "*p1* · cn-north-4" in whole(view)
+    assert fake.home_views["U1"]["blocks"] == view["blocks"]
+
+
+def test_messages_tab_over_http_publishes_nothing(start_bot, fake):
+    bot = start_bot(tasks=0, home=provider)
+    assert bot.event(home_event("U-messages", tab="messages")).status == 200
+    assert bot.event(home_event("U-home")).status == 200
+    [call] = fake.wait_for_calls("views.publish", 1)
+    time.sleep(0.3)  # the events are handled in order of arrival; nothing else should follow
+    assert [c["args"]["user_id"] for c in fake.calls_to("views.publish")] == ["U-home"]
+    assert call["args"]["user_id"] == "U-home"
+
+
+@pytest.mark.parametrize(
+    "sign",
+    [{"secret": "not-the-signing-secret"}, {"timestamp": int(time.time()) - 6 * 60}],
+    ids=["forged signature", "stale timestamp"],
+)
+def test_unverified_event_gets_401_and_publishes_nothing(start_bot, fake, sign):
+    bot = start_bot(tasks=0, home=provider)
+    assert bot.event(home_event("U-forged"), sign=sign).status == 401
+    assert bot.event(home_event("U-real")).status == 200  # a good one after it, to know when to look
+    fake.wait_for_calls("views.publish", 1)
+    time.sleep(0.3)
+    assert [c["args"]["user_id"] for c in fake.calls_to("views.publish")] == ["U-real"]
+
+
+def test_url_verification_challenge_is_answered(start_bot):
+    bot = start_bot(tasks=0, home=provider)
+    challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    answer = bot.post_json({"token": "x", "challenge": challenge, "type": "url_verification"})
+    assert answer.status == 200
+    assert answer.body == {"challenge": challenge}
+
+
+# -- over Socket Mode: an events_api envelope on a real WebSocket -----------------------
+
+BOT_TOKEN = "xoxb-socket"
+APP_TOKEN = "xapp-socket"
+
+
+@pytest.fixture
+def socket_bot():
+    """kpsbot's Slack side in Socket Mode, in-process, against a fake Socket Mode server and Web API."""
+    before = set(threading.enumerate())
+    socket_mode = FakeSocketMode().start()
+    fake = FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN, socket_mode=socket_mode).start()
+    settings = settings_from(
+        {
+            "KPS_PROJECT_ID": "p1",
+            "KPS_REGION": "cn-north-4",
+            "KPS_ENDPOINT": "http://127.0.0.1:9",  # the Home tab never calls KPS
+            "CLOUD_SDK_AK": "AK",
+            "CLOUD_SDK_SK": "SK",
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "SLACK_APP_TOKEN": APP_TOKEN,
+            "SLACK_API_URL": fake.url,
+        }
+    )
+    kps = KpsClient("http://127.0.0.1:9", "p1", AkSkAuth("AK", "SK", "p1"), retries=0)
+    app = build_app(settings, kps, home=provider)
+    service = SocketModeService(app, APP_TOKEN)
+    try:
+        service.start()
+        socket_mode.wait_for_connections(1)
+        yield socket_mode, fake
+    finally:
+        # The WebSocket goes first: when the app closes it, websocket-client's reader thread can stay
+        # blocked for good in select() on the socket closed under it (ping_timeout is None), about one
+        # stop in three. Dropped by the server instead, the reader sees EOF and returns; reconnecting
+        # is refused, and the app's close() then ends every thread.
+        socket_mode.stop()
+        service.stop(timeout=5)
+        app.listener_runner.listener_executor.shutdown(wait=True)
+        fake.stop()
+    deadline = time.monotonic() + 5
+    while (
+        left := [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"threads left running: {sorted(t.name for t in left)}"
+
+
+def test_app_home_opened_over_socket_mode_is_acked_and_publishes_one_view(socket_bot):
+    socket_mode, fake = socket_bot
+    bot = Bot("", None, fake)  # only to build the payloads
+    envelope_id = socket_mode.send_envelope("events_api", bot.event_payload(home_event("U9")))
+    assert socket_mode.wait_for_ack(envelope_id) == {"envelope_id": envelope_id}
+    [call] = fake.wait_for_calls("views.publish", 1)
+    assert call["args"]["user_id"] == "U9" and call["token"] == BOT_TOKEN
+    assert_valid_view(call["args"]["view"])
+    assert "*p1* · cn-north-4" in whole(call["args"]["view"])
+
+    messages = socket_mode.send_envelope("events_api", bot.event_payload(home_event(tab="messages")))
+    socket_mode.wait_for_ack(messages)
+    time.sleep(0.3)
+    assert len(fake.calls_to("views.publish")) == 1
