@@ -1,11 +1,13 @@
 """The fake Slack Web API, driven by slack-sdk's own clients."""
 
+import json
+
 import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackObjectFormationError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.webhook import WebhookClient
-from support.fake_slack import FakeSlack, assert_valid_message
+from support.fake_slack import FakeSlack, assert_valid_message, assert_valid_view
 
 TOKEN = "xoxb-fake-token"
 SECTION = {"type": "section", "text": {"type": "mrkdwn", "text": "*hello*"}}
@@ -153,3 +155,52 @@ def test_assert_valid_message():
         assert_valid_message({"blocks": [SECTION]})
     with pytest.raises(AssertionError, match="over Slack's 4000"):
         assert_valid_message({"text": "x" * 4001})
+
+
+HOME = {"type": "home", "blocks": [SECTION]}
+
+
+def test_views_publish_answers_the_stored_view(web, slack):
+    answer = web.views_publish(user_id="U1", view=HOME)
+    assert answer["view"]["type"] == "home" and answer["view"]["blocks"] == [SECTION]
+    assert answer["view"]["id"].startswith("V") and answer["view"]["hash"]
+    [call] = slack.calls_to("views.publish")
+    assert call["args"] == {"user_id": "U1", "view": HOME}
+    assert slack.home_views["U1"]["blocks"] == [SECTION]
+
+
+def test_views_publish_form_encoded_view_is_parsed(web, slack):
+    web.api_call("views.publish", data={"user_id": "U2", "view": json.dumps(HOME)})
+    assert slack.calls_to("views.publish")[0]["args"]["view"] == HOME
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"view": HOME},  # no user
+        {"user_id": "U1", "view": {"type": "modal", "blocks": [SECTION]}},
+        {"user_id": "U1", "view": {"type": "home", "blocks": []}},
+        {"user_id": "U1", "view": {"type": "home", "blocks": [SECTION] * 101}},
+    ],
+)
+def test_views_publish_refuses_what_slack_refuses(web, slack, args):
+    with pytest.raises(SlackApiError) as caught:
+        web.api_call("views.publish", json=args)
+    assert caught.value.response["error"] == "invalid_arguments"
+    assert slack.calls_to("views.publish") == [] and slack.home_views == {}
+
+
+def test_assert_valid_view():
+    assert_valid_view(HOME)
+    assert_valid_view({**HOME, "callback_id": "x", "private_metadata": "y", "blocks": [SECTION] * 100})
+    for bad in (
+        {**HOME, "type": "modal"},
+        {**HOME, "blocks": []},
+        {**HOME, "blocks": [SECTION] * 101},
+        {**HOME, "colour": "red"},
+        {**HOME, "callback_id": "x" * 256},
+        {**HOME, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}]},
+        {**HOME, "blocks": [{"type": "section", "txt": {"type": "mrkdwn", "text": "x"}}]},
+    ):
+        with pytest.raises((AssertionError, SlackObjectFormationError)):
+            assert_valid_view(bad)

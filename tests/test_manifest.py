@@ -41,12 +41,20 @@ def test_manifest_declares_what_kpsbot_uses(manifest):
     assert manifest["settings"]["socket_mode_enabled"] is True
 
 
+def test_manifest_enables_the_home_tab_and_its_event(manifest):
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+    assert manifest["features"]["app_home"]["messages_tab_enabled"] is False  # kpsbot reads no DMs
+    assert manifest["settings"]["event_subscriptions"]["bot_events"] == ["app_home_opened"]
+
+
 def test_http_mode_urls_are_documented_and_valid_when_uncommented():
     text = (ROOT / "manifest.yml").read_text()
     assert "# url: https://YOUR-HOST/slack/events" in text
-    assert "# request_url: https://YOUR-HOST/slack/events" in text
+    # interactivity and event subscriptions
+    assert text.count("# request_url: https://YOUR-HOST/slack/events") == 2
     http = yaml.safe_load(text.replace("# url:", "url:").replace("# request_url:", "request_url:"))
     http["settings"]["socket_mode_enabled"] = False
     assert http["features"]["slash_commands"][0]["url"] == "https://YOUR-HOST/slack/events"
     assert http["settings"]["interactivity"]["request_url"] == "https://YOUR-HOST/slack/events"
+    assert http["settings"]["event_subscriptions"]["request_url"] == "https://YOUR-HOST/slack/events"
     jsonschema.validate(http, json.loads(find_schema().read_text()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
@@ -11,6 +12,7 @@ from slack_sdk import WebClient
 from kpsbot.kps.client import KpsClient
 from kpsbot.settings import Settings
 from kpsbot.slack import actions, commands
+from kpsbot.slack import home as home_tab
 from kpsbot.slack.access import AccessPolicy
 from kpsbot.slack.replies import TaskReplies
 from kpsbot.slack.retries import RecentKeys, request_key
@@ -26,8 +28,9 @@ def build_app(
     executor: WorkerPool | None = None,
     client: WebClient | None = None,
     replies: TaskReplies | None = None,
+    home: Callable[[], home_tab.HomeStatus] | None = None,
 ) -> App:
-    """The Bolt app for `/kps-tasks` and its buttons.
+    """The Bolt app for `/kps-tasks` and its buttons, and the Home tab when `home` provides its status.
 
     `executor` runs the KPS calls and replies (anything with `submit(fn, *args, **kw) -> bool`);
     by default a `WorkerPool` of daemon threads. Building the app calls Slack's `auth.test`.
@@ -53,6 +56,8 @@ def build_app(
     app.use(IgnoreRetries(RecentKeys()))
     commands.register(app, replies=replies, work=work, access=access)
     actions.register(app, replies=replies, work=work, access=access)
+    if home is not None:
+        home_tab.register(app, status=home)
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from support.fake_slack import FakeSlack
 from support.slack_requests import SECRET, Bot
@@ -12,6 +14,7 @@ from kpsbot.services import HttpService
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.slack.app import build_app
+from kpsbot.slack.home import HomeStatus
 from kpsbot.slack.server import make_wsgi_app
 from kpsbot.slack.workers import WorkerPool
 
@@ -25,7 +28,13 @@ def fake():
         yield slack
 
 
-def make_bot(fake: FakeSlack, sim_url: str, env: dict | None = None, kps_timeout: float = 6.0):
+def make_bot(
+    fake: FakeSlack,
+    sim_url: str,
+    env: dict | None = None,
+    kps_timeout: float = 6.0,
+    home: Callable[[], HomeStatus] | None = None,
+):
     settings = settings_from(
         {
             "KPS_PROJECT_ID": PROJECT,
@@ -43,7 +52,7 @@ def make_bot(fake: FakeSlack, sim_url: str, env: dict | None = None, kps_timeout
         sim_url, PROJECT, AkSkAuth("AK", "SK", PROJECT), retries=0, backoff=0, timeout=(1, kps_timeout)
     )
     work = WorkerPool(workers=8)
-    app = build_app(settings, kps, executor=work)
+    app = build_app(settings, kps, executor=work, home=home)
     http = HttpService(make_wsgi_app(app, lambda: {"status": "ok", "version": "test"}), "127.0.0.1", 0)
     http.start()
     return http, work
@@ -51,15 +60,21 @@ def make_bot(fake: FakeSlack, sim_url: str, env: dict | None = None, kps_timeout
 
 @pytest.fixture
 def start_bot(fake):
-    """start_bot(tasks=25, env={...}, kps_timeout=6.0) -> Bot; everything is stopped after the test."""
+    """start_bot(tasks=25, env={...}, kps_timeout=6.0, home=None) -> Bot; everything is stopped after the
+    test. `home` provides the Home tab's status (no Home tab without it)."""
     cleanup = []
 
-    def start(tasks: int = 25, env: dict | None = None, kps_timeout: float = 6.0) -> Bot:
+    def start(
+        tasks: int = 25,
+        env: dict | None = None,
+        kps_timeout: float = 6.0,
+        home: Callable[[], HomeStatus] | None = None,
+    ) -> Bot:
         sim = Simulator(project_id=PROJECT, ak="AK", sk="SK", tasks=tasks, seed=1, rate=0.0)
         server = SimulatorServer(sim)
         server.start()
         cleanup.append(server.stop)
-        http, work = make_bot(fake, server.url, env, kps_timeout)
+        http, work = make_bot(fake, server.url, env, kps_timeout, home)
         cleanup.append(lambda: http.stop(2))
         cleanup.append(lambda: work.stop(2))
         return Bot(f"http://127.0.0.1:{http.port}", sim, fake)

@@ -10,13 +10,16 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 from kpsbot.simulator.loopback import BackgroundHTTPServer, QuietHandler
 
 MAX_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100  # modals and Home tabs
+MAX_VIEW_BYTES = 250_000  # views.publish answers view_too_large above this
 MAX_TEXT = 4000
 FAULT_KINDS = ("ratelimited", "server_error", "error")
-JSON_ARGS = ("blocks", "attachments", "metadata")
+JSON_ARGS = ("blocks", "attachments", "metadata", "view")
 RESPONSE_URL = "response_url"  # the `method` name faults use to target response_url posts
 CONNECTIONS_OPEN = "apps.connections.open"  # called with the app-level token, not the bot token
 AUTH_TEST = {
@@ -39,8 +42,28 @@ def assert_valid_message(body: dict) -> None:
     blocks = body.get("blocks") or []
     if isinstance(blocks, str):
         blocks = json.loads(blocks)
+    _assert_valid_blocks(blocks, MAX_BLOCKS)
+
+
+def assert_valid_view(view: dict) -> None:
+    """Fail unless `view` is a Home tab view Slack and slack-sdk's View and block models accept."""
+    assert isinstance(view, dict), f"view is not an object: {view!r:.300}"
+    assert view.get("type") == "home", f"view type is {view.get('type')!r}, not 'home'"
+    unknown = set(view) - View.attributes
+    assert not unknown, f"view has unknown fields {sorted(unknown)}"
+    size = len(json.dumps(view).encode())
+    assert size <= MAX_VIEW_BYTES, f"view is {size} bytes, over Slack's {MAX_VIEW_BYTES}"
+    blocks = view.get("blocks")
+    assert isinstance(blocks, list) and blocks, f"a view needs at least one block: {blocks!r:.300}"
+    model = View(**view)
+    model.validate_json()
+    model.to_dict()
+    _assert_valid_blocks(blocks, MAX_VIEW_BLOCKS)
+
+
+def _assert_valid_blocks(blocks: Any, max_blocks: int) -> None:
     assert isinstance(blocks, list), f"blocks is not a list: {blocks!r:.300}"
-    assert len(blocks) <= MAX_BLOCKS, f"{len(blocks)} blocks, over Slack's {MAX_BLOCKS}"
+    assert len(blocks) <= max_blocks, f"{len(blocks)} blocks, over Slack's {max_blocks}"
     for index, raw in enumerate(blocks):
         assert isinstance(raw, dict), f"block {index} is not an object: {raw!r:.300}"
         block = Block.parse(raw)
@@ -98,6 +121,7 @@ class FakeSlack:
         self.failed_calls: list[dict] = []
         self.responses: list[dict] = []
         self.messages: dict[tuple[str, str], dict] = {}  # (channel, ts) -> the message as last posted/updated
+        self.home_views: dict[str, dict] = {}  # user_id -> the Home tab view as last published
         self.fault_ratio = 0.0
         self.fault_kinds: tuple[str, ...] = FAULT_KINDS
         self.fault_methods: tuple[str, ...] | None = None  # None: every Web API method
@@ -291,4 +315,41 @@ class FakeSlack:
                 text=args.get("text", message["text"]), blocks=args.get("blocks", message["blocks"])
             )
             return {"ok": True, "channel": channel, "ts": ts, "text": message["text"], "message": message}
+        if method == "views.publish":
+            return self._publish(args)
         return {"ok": True}
+
+    def _publish(self, args: dict) -> dict:
+        """views.publish: the view as Slack stores it; `invalid_arguments` for what Slack refuses."""
+        view, user = args.get("view"), args.get("user_id")
+        if not isinstance(user, str) or not user:
+            return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": ["user_id"]}}
+        blocks = view.get("blocks") if isinstance(view, dict) else None
+        if (
+            not isinstance(blocks, list)
+            or view.get("type") != "home"
+            or not 0 < len(blocks) <= MAX_VIEW_BLOCKS
+        ):
+            return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": ["view"]}}
+        if len(json.dumps(view).encode()) > MAX_VIEW_BYTES:
+            return {"ok": False, "error": "view_too_large"}
+        self._serial += 1
+        stored = {
+            "id": f"V{self._serial:08d}",
+            "team_id": AUTH_TEST["team_id"],
+            "type": "home",
+            "blocks": blocks,
+            "private_metadata": view.get("private_metadata", ""),
+            "callback_id": view.get("callback_id", ""),
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{self._serial:08d}",
+            "clear_on_close": False,
+            "notify_on_close": False,
+            "root_view_id": f"V{self._serial:08d}",
+            "previous_view_id": None,
+            "app_id": "A000",
+            "external_id": view.get("external_id", ""),
+            "bot_id": AUTH_TEST["bot_id"],
+        }
+        self.home_views[user] = stored
+        return {"ok": True, "view": stored}

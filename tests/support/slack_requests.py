@@ -1,4 +1,4 @@
-"""Signed Slack requests (slash commands, button presses) to a running kpsbot, and their answers."""
+"""Signed Slack requests (slash commands, button presses, events) to a running kpsbot, and their answers."""
 
 from __future__ import annotations
 
@@ -123,6 +123,32 @@ class Bot:
                     "value": value,
                     "action_ts": str(time.time()),
                 }
+            ],
+        }
+
+    def event(self, event: dict, *, sign: dict | None = None, headers: dict | None = None) -> Answer:
+        """An Events API request carrying `event`."""
+        return self.post_json(self.event_payload(event), sign=sign, headers=headers)
+
+    def post_json(self, payload: dict, *, sign: dict | None = None, headers: dict | None = None) -> Answer:
+        """A signed JSON request, as Slack sends events and `url_verification` challenges."""
+        body = json.dumps(payload)
+        signed = signed_headers(body, content_type="application/json", **(sign or {}))
+        return self._post(body, {**signed, **(headers or {})})
+
+    def event_payload(self, event: dict) -> dict:
+        """The `event_callback` wrapper Slack puts around an event, over HTTP and in Socket Mode."""
+        self.counter += 1
+        return {
+            "token": "unused-verification-token",
+            "team_id": "T000",
+            "api_app_id": "A000",
+            "event": event,
+            "type": "event_callback",
+            "event_id": f"Ev{self.counter:08d}",
+            "event_time": int(time.time()),
+            "authorizations": [
+                {"team_id": "T000", "user_id": "U000BOT", "is_bot": True, "is_enterprise_install": False}
             ],
         }
 
