@@ -18,9 +18,12 @@ from kpsbot.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     import requests
+    from slack_bolt import App
 
     from kpsbot.kps.client import KpsClient
     from kpsbot.kps.iam import IamClient
+    from kpsbot.kps.listing import Source
+    from kpsbot.metrics import Metrics
     from kpsbot.projects import Project, ProjectDirectory
     from kpsbot.store import Store
     from kpsbot.watch.console import ConsoleSender
@@ -83,13 +86,21 @@ class Cloud:
     """This process's Huawei Cloud clients: one pooled session with the credentials, one limit on
     requests in flight, a KPS client per project and an IAM client per region."""
 
-    def __init__(self, settings: Settings, *, timeout: tuple[float, float] = (5.0, 15.0)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout: tuple[float, float] = (5.0, 15.0),
+        observe: Callable[[str, int | None], None] | None = None,
+        retries: int = 3,
+    ) -> None:
         from kpsbot.kps.auth import AkSkAuth, TokenAuth
         from kpsbot.kps.client import build_session
 
         self.settings = settings
         self.timeout = timeout
-        self.session: requests.Session = build_session()
+        self.observe = observe
+        self.session: requests.Session = build_session(retries=retries, backoff=0.5 if retries else 0)
         if settings.auth_kind == "aksk":
             self.session.auth = AkSkAuth(settings.ak or "", settings.sk or "", None, settings.security_token)
         else:
@@ -105,7 +116,12 @@ class Cloud:
             setting = self.settings.project(project.name)
             endpoint = setting.endpoint(self.settings.endpoint_template) if setting else ""
             client = KpsClient(
-                endpoint, project.id, session=self.session, timeout=self.timeout, limiter=self.limiter
+                endpoint,
+                project.id,
+                session=self.session,
+                timeout=self.timeout,
+                limiter=self.limiter,
+                observe=self.observe,
             )
             self._clients[project.id] = client
         return client
@@ -114,12 +130,40 @@ class Cloud:
         from kpsbot.kps.iam import IamClient
 
         endpoint = self.settings.iam_endpoint_template.replace("{region}", region)
-        return IamClient(endpoint, session=self.session, timeout=self.timeout, limiter=self.limiter)
+        return IamClient(
+            endpoint, session=self.session, timeout=self.timeout, limiter=self.limiter, observe=self.observe
+        )
 
     def directory(self, store: Store | None) -> ProjectDirectory:
         from kpsbot.projects import ProjectDirectory
 
         return ProjectDirectory(self.settings.projects, store=store, iam=self.iam)
+
+
+class ProjectCatalog:
+    """The configured projects as the Slack side sees them (kpsbot.slack.replies.Catalog)."""
+
+    def __init__(self, settings: Settings, directory: ProjectDirectory, cloud: Cloud) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.cloud = cloud
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.settings.projects]
+
+    def sources(self) -> list[Source]:
+        from kpsbot.kps.listing import Source
+
+        return [Source(p.name, self.cloud.kps(p)) for p in self.directory.refresh()]
+
+    def unresolved(self) -> dict[str, str]:
+        return self.directory.unresolved()
+
+    def location(self, name: str) -> str:
+        project = self.directory.by_name(name)
+        if project is None:
+            return ""
+        return project.location or _host(self.cloud, project)
 
 
 def resolve_projects(directory: ProjectDirectory) -> list[Project]:
@@ -163,6 +207,7 @@ def build_watcher(
     *,
     console: ConsoleSender | None = None,
     clock: Callable[[], float] | None = None,
+    metrics: Metrics | None = None,
 ) -> Watcher:
     """The watcher over every resolved project, posting to Slack (KPSBOT_CHANNEL and subscriptions)
     when a bot token is set, and to `console` when given."""
@@ -182,7 +227,9 @@ def build_watcher(
     outbox = None
     if senders:
         pacer = Pacer(settings.pace_seconds)
-        outbox = Outbox(store, senders, fixed_channel=settings.channel, clock=now, pacer=pacer)
+        outbox = Outbox(
+            store, senders, fixed_channel=settings.channel, clock=now, pacer=pacer, metrics=metrics
+        )
 
     def projects() -> list[WatchedProject]:
         named = directory.several
@@ -201,6 +248,7 @@ def build_watcher(
         stuck_minutes=settings.stuck_minutes,
         retention_days=settings.retention_days,
         clock=now,
+        on_poll=(lambda r: metrics.poll(r.project, r.ok, r.duration_s, r.tasks)) if metrics else None,
     )
 
 
@@ -209,7 +257,8 @@ def _host(cloud: Cloud, project: Project) -> str:
 
 
 def routes_for(settings: Settings, store: Store, *, console: bool) -> Callable[[], Sequence[Route]]:
-    """Where notifications go: KPSBOT_CHANNEL (everything), the terminal when it is a channel."""
+    """Where notifications go: KPSBOT_CHANNEL (everything), the channels' subscriptions (read again
+    every poll, so one made in another process counts from the next), the terminal when it is one."""
     from kpsbot.watch.outbox import CONSOLE
     from kpsbot.watch.plan import Route
 
@@ -220,7 +269,13 @@ def routes_for(settings: Settings, store: Store, *, console: bool) -> Callable[[
         fixed.append(Route(CONSOLE))
 
     def routes() -> Sequence[Route]:
-        return fixed
+        if not settings.slack_bot_token:
+            return fixed
+        subscribed = [
+            Route(s.channel, s.projects, s.actions, s.failures_only, s.text.lower(), s.created_at)
+            for s in store.subscriptions()
+        ]
+        return fixed + subscribed
 
     return routes
 
@@ -328,36 +383,6 @@ def projects(ctx: Context, as_json: bool) -> None:
 
 
 # -- kpsbot watch ------------------------------------------------------------------
-
-
-def health_report(settings: Settings, store: Store, loop: WatcherLoop, directory: ProjectDirectory) -> dict:
-    """What /healthz shows: each project's last successful poll, the lease, the outbox."""
-    last = store.last_successful_polls()
-    resolved = {p.name: p for p in directory.projects()}
-    projects = {}
-    for setting in settings.projects:
-        project = resolved.get(setting.name)
-        when = last.get(project.id) if project else None
-        projects[setting.name] = {
-            "id": project.id if project else None,
-            "resolved": project is not None,
-            "last_successful_poll": when.isoformat() if when else None,
-        }
-        if project is None:
-            projects[setting.name]["error"] = directory.unresolved().get(setting.name)
-    newest = max(last.values(), default=None)
-    return {
-        "status": "ok",
-        "version": __version__,
-        "mode": "socket" if settings.socket_mode else "http",
-        "watcher": "leader" if loop.is_leader else "standby",
-        "last_successful_poll": newest.isoformat() if newest else None,
-        "projects": projects,
-        "pending_notifications": store.pending_deliveries(),
-        "failed_notifications": store.failed_deliveries(),
-        "last_delivery_error": store.last_delivery_error(),
-        "failing_channels": store.failing_channels(),
-    }
 
 
 @cli.command(short_help="Poll KPS; post task starts and finishes.")
@@ -534,54 +559,142 @@ def simulate(
     "--host",
     default="0.0.0.0",
     show_default=True,
-    help="Address for the HTTP server (HTTP mode, or /healthz in Socket Mode when PORT is set).",
+    help="Address for the HTTP server (HTTP mode, or /healthz and /metrics in Socket Mode when PORT is set).",
 )
 @pass_context
 def run(ctx: Context, host: str) -> None:
     """Run the bot: Socket Mode if SLACK_APP_TOKEN is set, else HTTP on PORT; stops on SIGTERM/SIGINT."""
     from kpsbot.kps.iam import ProjectNotFound
-    from kpsbot.services import run_services
-    from kpsbot.slack.app import build_app
-    from kpsbot.slack.server import SlackStartError, slack_services, slack_start_errors
+    from kpsbot.metrics import Metrics
+    from kpsbot.services import HttpService, run_services
+    from kpsbot.slack.server import SlackStartError, make_wsgi_app, slack_services, slack_start_errors
     from kpsbot.slack.workers import WorkerPool
+    from kpsbot.status import health_report, home_status
 
     settings = ctx.require("kps", "channel")
     slack_wanted = bool(settings.slack_bot_token or settings.slack_app_token or settings.slack_signing_secret)
     if slack_wanted:
         ctx.require("slack")
-    cloud = Cloud(settings)
     store = open_store(settings)
     assert store is not None
+    loop: WatcherLoop | None = None
+    metrics = Metrics(
+        [p.name for p in settings.projects],
+        outbox=lambda: (store.pending_deliveries(), store.oldest_pending()),
+        leader=lambda: loop is not None and loop.is_leader,
+    )
+    cloud = Cloud(settings, observe=metrics.kps_request)
     try:
         directory = cloud.directory(store)
         try:
             directory.resolve()  # IAM unreachable: serve anyway, and retry (see /healthz)
         except ProjectNotFound as exc:
             fail(str(exc), EXIT_USAGE)
-        watcher = build_watcher(settings, store, cloud, directory)
+        loop = watcher_loop(
+            build_watcher(settings, store, cloud, directory, metrics=metrics), store, settings
+        )
+        mode = "socket" if settings.socket_mode else "http" if slack_wanted else "watcher"
+
+        def health() -> dict:
+            return health_report(
+                version=__version__,
+                mode=mode,
+                leader=loop is not None and loop.is_leader,
+                configured=settings.projects,
+                directory=directory,
+                store=store,
+            )
+
         if not slack_wanted:
             log.warning(
                 "Slack settings are not present (SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or "
                 "SLACK_APP_TOKEN): running the watcher only, /kps-tasks is not served"
             )
-            run_watcher_alone(watcher, store, settings)
+            services: list[Any] = [loop]
+            if settings.port_set:  # /healthz and /metrics for probes and scrapes
+                services.append(
+                    HttpService(make_wsgi_app(None, health, metrics=metrics.exposition), host, settings.port)
+                )
+            run_services(services)
             return
         if not settings.channel:
-            log.info("KPSBOT_CHANNEL is not set: task starts and finishes are recorded, not posted")
-        loop = watcher_loop(watcher, store, settings)
+            log.info("KPSBOT_CHANNEL is not set: only channels' subscriptions get notifications")
         work = WorkerPool()
-        first = directory.projects()[0] if directory.projects() else None
+
+        def home() -> Any:
+            return home_status(
+                version=__version__,
+                watcher="leader" if loop is not None and loop.is_leader else "standby",
+                stuck_minutes=settings.stuck_minutes,
+                configured=settings.projects,
+                directory=directory,
+                store=store,
+                fixed_channel=settings.channel,
+            )
+
         try:
             with slack_start_errors(settings.slack_api_url, f"{host}:{settings.port}"):
-                app = build_app(settings, cloud.kps(first) if first else None, executor=work)  # type: ignore[arg-type]
+                app = build_slack_app(
+                    settings,
+                    ProjectCatalog(settings, directory, cloud),
+                    store,
+                    work,
+                    home=home,
+                    metrics=metrics,
+                )
                 http = slack_services(
-                    app, settings, lambda: health_report(settings, store, loop, directory), host=host
+                    app,
+                    app_token=settings.slack_app_token,
+                    signing_secret=settings.slack_signing_secret,
+                    port=settings.port,
+                    port_set=settings.port_set,
+                    health=health,
+                    metrics=metrics.exposition,
+                    host=host,
                 )
                 run_services([work, loop, *http])
         except SlackStartError as exc:
             fail(str(exc), exc.exit_code)
     finally:
         store.close()
+
+
+def build_slack_app(
+    settings: Settings,
+    catalog: ProjectCatalog,
+    store: Store | None,
+    work: Any,
+    *,
+    home: Callable[[], Any] | None = None,
+    metrics: Metrics | None = None,
+) -> App:
+    """The Bolt app with its dependencies: replies from KPS, subscriptions in the store (posting
+    their confirmations through the notification sender), the allow-lists."""
+    from slack_sdk import WebClient
+
+    from kpsbot.slack.access import AccessPolicy
+    from kpsbot.slack.app import build_app
+    from kpsbot.slack.replies import TaskReplies
+    from kpsbot.slack.sender import SlackSender
+    from kpsbot.slack.subscriptions import SubscriptionCommands
+
+    client = WebClient(base_url=settings.slack_api_url, token=settings.slack_bot_token)
+    subscriptions = None
+    if store is not None:
+        sender = SlackSender.from_token(settings.slack_bot_token or "", base_url=settings.slack_api_url)
+        subscriptions = SubscriptionCommands(
+            store, sender.post, fixed_channel=settings.channel, admins=settings.admin_users
+        )
+    return build_app(
+        client=client,
+        signing_secret=settings.slack_signing_secret,
+        replies=TaskReplies(catalog, page_size=settings.page_size, stuck_minutes=settings.stuck_minutes),
+        access=AccessPolicy(channels=settings.allowed_channels, users=settings.allowed_users),
+        work=work,
+        subscriptions=subscriptions,
+        home=home,
+        metrics=metrics,
+    )
 
 
 # -- kpsbot demo --------------------------------------------------------------------

@@ -22,7 +22,7 @@ from kpsbot.watch.cycle import CycleReport
 
 log = logging.getLogger(__name__)
 
-DEMO_PROJECT = "demo0000000000000000000000000001"
+DEMO_PROJECTS = ("cn-north-4", "ap-southeast-1")  # two regions' default projects, IDs looked up in IAM
 POLL_SECONDS = 2.0
 
 
@@ -44,20 +44,24 @@ class DemoOptions:
     seed: int | None = None
 
 
-def simulated_project(seed: int | None) -> tuple[Simulator, str, str]:
-    """A simulator whose tasks start and finish within seconds, signing with throw-away AK/SK."""
+def simulated_projects(seed: int | None) -> tuple[list[Simulator], str, str]:
+    """A simulated account with a project in each of two regions, whose tasks start and finish
+    within seconds, signing with throw-away AK/SK."""
     ak, sk = f"DEMO{secrets.token_hex(8).upper()}", secrets.token_urlsafe(24)
-    sim = Simulator(
-        project_id=DEMO_PROJECT,
-        ak=ak,
-        sk=sk,
-        tasks=3,
-        seed=seed,
-        rate=0.4,
-        finish_after=(3.0, 12.0),
-        fail_ratio=0.25,
-    )
-    return sim, ak, sk
+    sims = [
+        Simulator(
+            name=name,
+            ak=ak,
+            sk=sk,
+            tasks=2 if n == 0 else 1,
+            seed=None if seed is None else f"{seed}:{name}",
+            rate=0.25 if n == 0 else 0.15,
+            finish_after=(3.0, 12.0),
+            fail_ratio=0.25,
+        )
+        for n, name in enumerate(DEMO_PROJECTS)
+    ]
+    return sims, ak, sk
 
 
 class Demo:
@@ -75,19 +79,20 @@ class Demo:
 
     def run(self) -> int:
         options = self.options
-        sim, ak, sk = simulated_project(options.seed)
-        with SimulatorServer(sim) as server, ExitStack() as stack:
+        sims, ak, sk = simulated_projects(options.seed)
+        with SimulatorServer(sims) as server, ExitStack() as stack:
             if options.db_path:
                 db_path = options.db_path
             else:
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kpsbot-demo-"))
                 db_path = str(Path(tmp) / "kpsbot-demo.db")
-            # The rest of kpsbot sees an ordinary configuration that points at the simulator.
+            # The rest of kpsbot sees an ordinary configuration that points at the simulator: one
+            # server stands in for both regions' KPS and IAM endpoints.
             settings = replace(
                 self.settings,
-                projects=(ProjectSetting(name=DEMO_PROJECT, region=None, id=DEMO_PROJECT),),
-                endpoint_template=server.url,
-                iam_endpoint_template=server.url,
+                projects=tuple(ProjectSetting(name=name, region=name, id=None) for name in DEMO_PROJECTS),
+                endpoint_template=f"{server.url}/{{region}}",
+                iam_endpoint_template=f"{server.url}/{{region}}",
                 ak=ak,
                 sk=sk,
                 security_token=None,
@@ -105,15 +110,16 @@ class Demo:
                 store.close()
 
     def _run(self, settings: Settings, store: Store, url: str) -> int:
-        from kpsbot.cli import Cloud, build_watcher
+        from kpsbot.cli import Cloud, ProjectCatalog, build_watcher
         from kpsbot.services import run_services
+        from kpsbot.slack.server import slack_start_errors
         from kpsbot.watch.console import ConsoleSender
         from kpsbot.watch.loop import WatcherLoop
 
         options = self.options
         cloud = Cloud(settings, timeout=(2.0, 5.0))
         directory = cloud.directory(store)
-        directory.resolve()
+        projects = directory.resolve(strict=True)
         console = ConsoleSender(self.out, show_blocks=options.show_blocks)
         watcher = build_watcher(settings, store, cloud, directory, console=console)
         bound = []
@@ -121,16 +127,18 @@ class Demo:
             bound.append(f"for {options.duration:g} s")
         if options.cycles:
             bound.append(f"for {options.cycles} polls")
+        found = "\n".join(f"  {p.name}: project ID {p.id} (from {p.source})" for p in projects)
         self.say(
-            f"kpsbot demo: KPS simulator at {url} (project {DEMO_PROJECT}), SQLite at {settings.db_path}\n"
+            f"kpsbot demo: a KPS and IAM simulator at {url} for two regions, SQLite at {settings.db_path}\n"
+            f"Project IDs looked up in IAM by name, as the official SDK does:\n{found}\n"
             f"Polling every {options.poll_seconds:g} s {' or '.join(bound) or 'until Ctrl-C'}; "
             f"tasks start and finish on their own.\n"
         )
         if settings.slack_bot_token and settings.channel:
             self.say(f"Notifications are also posted to Slack channel {settings.channel}.\n")
-        kps = cloud.kps(directory.projects()[0])
-        slack = self._slack_services(settings, kps)
-        self._print_first_page(kps, settings)
+        catalog = ProjectCatalog(settings, directory, cloud)
+        slack = self._slack_services(settings, catalog, store)
+        self._print_first_page(catalog, settings)
         self.say("Notifications, as they would read in Slack:\n")
 
         def said(report: CycleReport) -> None:
@@ -150,8 +158,6 @@ class Demo:
             if loop.done.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 self.stop.set()
 
-        from kpsbot.slack.server import slack_start_errors
-
         with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
             run_services([*slack, loop], stop=self.stop, tick=tick, tick_seconds=0.1)
         events = store.events()
@@ -162,14 +168,12 @@ class Demo:
         )
         return 0
 
-    def _print_first_page(self, kps: Any, settings: Settings) -> None:
+    def _print_first_page(self, catalog: Any, settings: Settings) -> None:
         from kpsbot.kps.client import KpsError
         from kpsbot.slack.query import parse_command
         from kpsbot.slack.replies import TaskReplies
 
-        replies = TaskReplies(
-            kps, project_id=DEMO_PROJECT, location="the KPS simulator", page_size=settings.page_size
-        )
+        replies = TaskReplies(catalog, page_size=settings.page_size, stuck_minutes=settings.stuck_minutes)
         try:
             page = replies.page(parse_command(""), 0, clamp=True)
         except KpsError as exc:
@@ -181,22 +185,30 @@ class Demo:
             self.say(json.dumps(page["blocks"], indent=2, ensure_ascii=False))
         self.say("")
 
-    def _slack_services(self, settings: Settings, kps: Any) -> list:
+    def _slack_services(self, settings: Settings, catalog: Any, store: Store) -> list:
         """Serve /kps-tasks against the simulator when a Slack app is configured."""
         if not settings.slack_configured:
             return []
-        from kpsbot.slack.app import build_app
+        from kpsbot.cli import build_slack_app
         from kpsbot.slack.server import slack_services, slack_start_errors
         from kpsbot.slack.workers import WorkerPool
 
         work = WorkerPool()
         with slack_start_errors(settings.slack_api_url, f"127.0.0.1:{settings.port}"):
-            app = build_app(settings, kps, executor=work)
+            app = build_slack_app(settings, catalog, store, work)
         mode = "Socket Mode" if settings.socket_mode else f"HTTP on port {settings.port}"
         self.say(f"Serving /kps-tasks against the simulator ({mode}).\n")
         return [
             work,
-            *slack_services(app, settings, lambda: {"status": "ok", "demo": True}, host="127.0.0.1"),
+            *slack_services(
+                app,
+                app_token=settings.slack_app_token,
+                signing_secret=settings.slack_signing_secret,
+                port=settings.port,
+                port_set=settings.port_set,
+                health=lambda: {"status": "ok", "demo": True},
+                host="127.0.0.1",
+            ),
         ]
 
 

@@ -669,6 +669,26 @@ class Store:
             for row in self._rows(f"select {_TASK_COLUMNS} from tasks where {where}", params)
         ]
 
+    def running_summary(
+        self, project: str, *, stuck_before_ms: int | None = None
+    ) -> tuple[dict[str, int], int]:
+        """The project's running tasks counted by operate_type, and how many started before the cutoff."""
+        with self._lock:
+            counts = dict(
+                self.conn.execute(
+                    "select operate_type, count(*) from tasks where project = ? and state = 'running' "
+                    "group by operate_type",
+                    (project,),
+                ).fetchall()
+            )
+            stuck = 0
+            if stuck_before_ms is not None:
+                stuck = self.conn.execute(
+                    "select count(*) from tasks where project = ? and state = 'running' and task_ms <= ?",
+                    (project, stuck_before_ms),
+                ).fetchone()[0]
+        return counts, stuck
+
     def stuck_candidates(self, project: str, started_before_ms: int, limit: int = 10_000) -> list[StoredTask]:
         """Running tasks that started before the cutoff and were never alerted as stuck."""
         rows = self._rows(

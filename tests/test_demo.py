@@ -33,12 +33,19 @@ def test_demo_shows_a_page_and_start_and_finish_notifications_then_exits_0(tmp_p
     assert result.returncode == 0, result.stderr
     assert "What /kps-tasks shows in Slack" in out
     assert re.search(r"Showing 1–3 of 3 running tasks", out)
-    assert "3 tasks already running" in out
+    # Two projects in two regions, their IDs looked up in the simulator's IAM by name.
+    assert "Project IDs looked up in IAM by name" in out
+    assert re.search(r"cn-north-4: project ID [0-9a-f]{32} \(from iam\)", out)
+    assert re.search(r"ap-southeast-1: project ID [0-9a-f]{32} \(from iam\)", out)
+    assert "2 tasks already running" in out and "1 task already running" in out
     assert re.search(r"(Reset|Replace|Unbind) started on ", out)
     assert re.search(r"(succeeded|failed) after about", out)  # the three baseline tasks end within 12 s
     assert re.search(r"Demo over after \d+ polls: [1-9]\d* task starts and [1-9]\d* finishes recorded", out)
     assert "Traceback" not in result.stderr
     assert (tmp_path / "demo.db").exists()
+    # The transcript is the demo's own output: no log records in it (they were raw lines before).
+    log_line = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO) ", re.MULTILINE)
+    assert not log_line.search(out) and not log_line.search(result.stderr)
 
 
 def test_demo_cycles_bound_and_blocks_json(tmp_path):

@@ -37,7 +37,7 @@ def handle_paging(
         _submit(work, send_notice, respond, render_notice(REFUSAL))
         return
     try:
-        ref = decode_page_value(action.get("value"), replies.project_id)
+        ref = decode_page_value(action.get("value"), replies.catalog.names())
     except BadPageValue as exc:
         log.info("rejected %s value %.80r from user %s: %s", action_id, action.get("value"), user, exc)
         _submit(work, send_notice, respond, render_notice(f":warning: {exc}"))

@@ -9,52 +9,54 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
-from kpsbot.kps.client import KpsClient
-from kpsbot.settings import Settings
 from kpsbot.slack import actions, commands
 from kpsbot.slack import home as home_tab
 from kpsbot.slack.access import AccessPolicy
+from kpsbot.slack.commands import CommandMetrics
 from kpsbot.slack.replies import TaskReplies
 from kpsbot.slack.retries import RecentKeys, request_key
+from kpsbot.slack.subscriptions import SubscriptionCommands
 from kpsbot.slack.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 
 def build_app(
-    settings: Settings,
-    kps: KpsClient,
     *,
-    executor: WorkerPool | None = None,
-    client: WebClient | None = None,
-    replies: TaskReplies | None = None,
+    client: WebClient,
+    signing_secret: str | None,
+    replies: TaskReplies,
+    access: AccessPolicy,
+    work: WorkerPool,
+    subscriptions: SubscriptionCommands | None = None,
     home: Callable[[], home_tab.HomeStatus] | None = None,
+    metrics: CommandMetrics | None = None,
 ) -> App:
-    """The Bolt app for `/kps-tasks` and its buttons, and the Home tab when `home` provides its status.
+    """The Bolt app: `/kps-tasks` and its buttons, channel subscriptions, and the Home tab when `home`
+    provides its status.
 
-    `executor` runs the KPS calls and replies (anything with `submit(fn, *args, **kw) -> bool`);
-    by default a `WorkerPool` of daemon threads. Building the app calls Slack's `auth.test`.
+    `work` runs the KPS calls and replies (anything with `submit(fn, *args, **kw) -> bool`), so
+    acks never wait for KPS. Building the app calls Slack's `auth.test`.
     """
-    client = client or WebClient(base_url=settings.slack_api_url, token=settings.slack_bot_token)
     app = App(
         client=client,
-        signing_secret=settings.slack_signing_secret or "",
+        signing_secret=signing_secret or "",
         # Socket Mode requests arrive over an authenticated WebSocket and carry no signature;
         # the HTTP server refuses to start without a signing secret (see server.py).
-        request_verification_enabled=bool(settings.slack_signing_secret),
+        request_verification_enabled=bool(signing_secret),
         name="kpsbot",
         logger=logging.getLogger("kpsbot.slack.bolt"),
     )
-    work = executor if executor is not None else WorkerPool()
-    replies = replies or TaskReplies(
-        kps,
-        project_id=settings.project_id or kps.project_id,
-        location=settings.location,
-        page_size=settings.page_size,
-    )
-    access = AccessPolicy(channels=settings.allowed_channels, users=settings.allowed_users)
     app.use(IgnoreRetries(RecentKeys()))
-    commands.register(app, replies=replies, work=work, access=access)
+    commands.register(
+        app,
+        replies=replies,
+        work=work,
+        access=access,
+        subscriptions=subscriptions,
+        projects=replies.catalog.names,
+        metrics=metrics,
+    )
     actions.register(app, replies=replies, work=work, access=access)
     if home is not None:
         home_tab.register(app, status=home)

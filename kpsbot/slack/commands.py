@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from slack_bolt import App
 
 from kpsbot.slack.access import REFUSAL, AccessPolicy
 from kpsbot.slack.blocks import COMMAND, render_help, render_notice
-from kpsbot.slack.query import HELP, parse_command
+from kpsbot.slack.query import HELP, SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE, parse_command
 from kpsbot.slack.replies import BUSY, TaskReplies
+from kpsbot.slack.subscriptions import SubscriptionCommands
 from kpsbot.slack.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+SUBSCRIPTION_KINDS = (SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE)
+NO_SUBSCRIPTIONS = ":information_source: Channel subscriptions need kpsbot's database; this kpsbot has none."
+
+
+class CommandMetrics(Protocol):
+    def command(self, result: str) -> None: ...
 
 
 def handle_kps_tasks(
@@ -25,24 +33,47 @@ def handle_kps_tasks(
     replies: TaskReplies,
     work: WorkerPool,
     access: AccessPolicy,
+    subscriptions: SubscriptionCommands | None = None,
+    projects: Callable[[], Sequence[str]] = tuple,
+    metrics: CommandMetrics | None = None,
 ) -> None:
+    """The allow-lists first (no KPS call for outsiders), help in the ack itself, the rest on `work`."""
     user, channel = command.get("user_id"), command.get("channel_id")
+
+    def count(result: str) -> None:
+        if metrics is not None:
+            metrics.command(result)
+
     if not access.allows(user, channel):
         log.info("refused /kps-tasks for user %s in channel %s (allow-list)", user, channel)
         ack(**render_notice(REFUSAL), response_type="ephemeral")
+        count("refused")
         return
-    query = parse_command(command.get("text"))
+    query = parse_command(command.get("text"), projects())
     if query.kind == HELP:  # answered in the ack itself: no KPS call, no second request
         ack(**render_help(query.problem), response_type="ephemeral")
+        count("usage" if query.problem else "help")
         return
-    who = f"user={user} channel={channel}"
-    if work.submit(replies.answer, respond, query, who=who):
+    if query.kind in SUBSCRIPTION_KINDS:
+        if subscriptions is None:
+            ack(**render_notice(NO_SUBSCRIPTIONS), response_type="ephemeral")
+            count("error")
+            return
+        job: Callable[..., Any] = subscriptions.answer
+        submitted = work.submit(job, respond, query, user=user, channel=channel)
+    else:
+        submitted = work.submit(replies.answer, respond, query, who=f"user={user} channel={channel}")
+    if submitted:
         ack()
+        count("ok")
     else:
         ack(**render_notice(BUSY), response_type="ephemeral")
+        count("busy")
 
 
-def register(app: App, *, replies: TaskReplies, work: WorkerPool, access: AccessPolicy) -> None:
+def register(app: App, **dependencies: Any) -> None:
+    """`/kps-tasks` on `app`; `dependencies` are handle_kps_tasks's keyword arguments."""
+
     @app.command(COMMAND)
     def kps_tasks(ack, respond, command):  # noqa: ANN001 - Bolt injects by parameter name
-        handle_kps_tasks(ack, respond, command, replies=replies, work=work, access=access)
+        handle_kps_tasks(ack, respond, command, **dependencies)

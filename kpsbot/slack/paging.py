@@ -1,18 +1,20 @@
-"""Paging for `/kps-tasks`: the button value codec (pure) and fetching one page of a query."""
+"""Paging for `/kps-tasks`: the button value codec and the paging maths (pure)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
-from kpsbot.kps.client import KpsClient
 from kpsbot.slack.query import LIST, MAX_FILTER, Query, parse_command
 
-VERSION = "v1"
+VERSION = "v2"
 MAX_OFFSET = 1_000_000  # the KPS client's own paging ceiling
+ALTERED = "This button is from an older or altered message. Run `/kps-tasks` again."
 
 
 class BadPageValue(ValueError):
-    """A button value that is malformed, out of range or from another project; str() is for users."""
+    """A button value that is malformed, out of range or about a project no longer configured;
+    str() is for users."""
 
 
 @dataclass(frozen=True)
@@ -23,42 +25,32 @@ class PageRef:
     offset: int = 0
 
 
-def encode_page_value(project_id: str, ref: PageRef) -> str:
-    """`v1|<project_id>|<offset>|<command text>`: short, readable in logs, re-parsed by the grammar."""
-    return f"{VERSION}|{project_id}|{ref.offset}|{ref.query.to_text()}"
+def encode_page_value(ref: PageRef) -> str:
+    """`v2|<project name or empty>|<offset>|<command text>`: short, readable in logs, re-parsed by the
+    grammar. The project has a field of its own, so a value can name one no longer configured."""
+    return f"{VERSION}|{ref.query.project or ''}|{ref.offset}|{ref.query.to_text(with_project=False)}"
 
 
-def decode_page_value(value: object, project_id: str) -> PageRef:
+def decode_page_value(value: object, projects: Collection[str]) -> PageRef:
     parts = value.split("|", 3) if isinstance(value, str) else []  # a tampered payload may send any JSON
     if len(parts) != 4 or parts[0] != VERSION:
-        raise BadPageValue("This button is from an older or altered message. Run `/kps-tasks` again.")
+        raise BadPageValue(ALTERED)
     _, project, offset_text, text = parts
-    if project != project_id:
+    if project and project not in projects:
         raise BadPageValue(
-            "This button belongs to a message about another KPS project. Run `/kps-tasks` again."
+            "This button belongs to a message about a project kpsbot no longer watches. "
+            "Run `/kps-tasks` again."
         )
     if not offset_text.isdigit() or not offset_text.isascii() or int(offset_text) > MAX_OFFSET:
         raise BadPageValue("This button points at a page that cannot exist. Run `/kps-tasks` again.")
     if len(text) > MAX_FILTER + 40:
-        raise BadPageValue("This button is from an older or altered message. Run `/kps-tasks` again.")
-    query = parse_command(text)
+        raise BadPageValue(ALTERED)
+    query = parse_command(text)  # no project words: the project is the field above
     if query.kind != LIST:
-        raise BadPageValue("This button is from an older or altered message. Run `/kps-tasks` again.")
-    return PageRef(query, int(offset_text))
+        raise BadPageValue(ALTERED)
+    return PageRef(replace(query, project=project or None), int(offset_text))
 
 
 def last_offset(total: int, page_size: int) -> int:
     """Offset of the last page (0 when there are no rows)."""
     return max(total - 1, 0) // page_size * page_size
-
-
-def fetch_page(kps: KpsClient, query: Query, offset: int, page_size: int) -> tuple[list, int]:
-    """(tasks on the page, total matching). Unfiltered lists use the API's own limit/offset;
-    filtered ones walk every task, because KPS has no server-side filter."""
-    if not query.filtered:
-        listing = kps.list_failed_tasks if query.failed else kps.list_running_tasks
-        page = listing(page_size, offset)
-        return page.tasks[:page_size], page.total
-    everything = kps.all_failed_tasks() if query.failed else kps.all_running_tasks()
-    matching = [task for task in everything.tasks if query.matches(task)]
-    return matching[offset : offset + page_size], len(matching)

@@ -7,23 +7,24 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 
-from kpsbot.services import HttpService, Service, WsgiApp, run_services
-from kpsbot.settings import Settings
+from kpsbot.services import HttpService, Service, WsgiApp
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 MAX_BODY = 64 * 1024  # Slack's payloads are a few KiB; anything this big is not from Slack
 
 Health = Callable[[], dict]
+Exposition = Callable[[], tuple[bytes, str]]  # the metrics text, and its content type
 
 
 # -- HTTP ---------------------------------------------------------------------------
@@ -39,8 +40,11 @@ def _reply(
     return [data]
 
 
-def make_wsgi_app(bolt_app: App | None, health: Health, *, max_body: int = MAX_BODY) -> WsgiApp:
-    """`POST /slack/events` -> Bolt (when given), `GET /healthz` -> `health()` as JSON, else 404.
+def make_wsgi_app(
+    bolt_app: App | None, health: Health, *, metrics: Exposition | None = None, max_body: int = MAX_BODY
+) -> WsgiApp:
+    """`POST /slack/events` -> Bolt (when given), `GET /healthz` -> `health()` as JSON, `GET /metrics`
+    -> the Prometheus text (when given), else 404.
 
     Bolt verifies each request's signature and timestamp; bodies over `max_body` get 413
     before Bolt reads them. `/healthz` answers 200 when `health()["status"] == "ok"`, else 503.
@@ -60,6 +64,12 @@ def make_wsgi_app(bolt_app: App | None, health: Health, *, max_body: int = MAX_B
                 report = {"status": "error"}
             status = "200 OK" if report.get("status") == "ok" else "503 Service Unavailable"
             return _reply(start_response, status, report)
+        if path == METRICS_PATH and metrics is not None:
+            if method not in ("GET", "HEAD"):
+                return _reply(start_response, "405 Method Not Allowed", {"error": "use GET"})
+            body, content_type = metrics()
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
         if path == EVENTS_PATH and handler is not None:
             if method != "POST":
                 return _reply(start_response, "405 Method Not Allowed", {"error": "use POST"})
@@ -167,29 +177,24 @@ def slack_start_errors(api_url: str, listen: str) -> Iterator[None]:
         raise SlackStartError(f"cannot listen on {listen}: {exc.strerror or exc}", 2) from None
 
 
-def slack_services(app: App, settings: Settings, health: Health, *, host: str = "0.0.0.0") -> list[Service]:
-    """Socket Mode (plus `/healthz` when PORT is set) if SLACK_APP_TOKEN is set, else HTTP on PORT."""
-    if settings.socket_mode:
-        services: list[Service] = [SocketModeService(app, settings.slack_app_token or "")]
-        if settings.port_set:
-            services.append(HttpService(make_wsgi_app(None, health), host, settings.port))
-        return services
-    if not settings.slack_signing_secret:
-        raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET to verify requests")
-    return [HttpService(make_wsgi_app(app, health), host, settings.port)]
-
-
-# -- running ----------------------------------------------------------------------
-
-
-def serve(
+def slack_services(
     app: App,
-    settings: Settings,
     *,
+    app_token: str | None,
+    signing_secret: str | None,
+    port: int,
+    port_set: bool,
     health: Health,
-    background: Sequence[Service] = (),
-    stop: threading.Event | None = None,
+    metrics: Exposition | None = None,
     host: str = "0.0.0.0",
-) -> None:
-    """`kpsbot run`: background services (worker pool, watcher) first, then the Slack side."""
-    run_services([*background, *slack_services(app, settings, health, host=host)], stop=stop)
+) -> list[Service]:
+    """Socket Mode (plus `/healthz` and `/metrics` when PORT is set) if there is an app token, else
+    HTTP on PORT."""
+    if app_token:
+        services: list[Service] = [SocketModeService(app, app_token)]
+        if port_set:
+            services.append(HttpService(make_wsgi_app(None, health, metrics=metrics), host, port))
+        return services
+    if not signing_secret:
+        raise ValueError("HTTP mode needs SLACK_SIGNING_SECRET to verify requests")
+    return [HttpService(make_wsgi_app(app, health, metrics=metrics), host, port)]

@@ -39,6 +39,7 @@ class ProjectReport:
     baseline: bool = False
     skipped_rows: int = 0
     error: str | None = None
+    duration_s: float = 0.0
 
     def summary(self) -> str:
         if not self.ok:
@@ -171,6 +172,7 @@ class ProjectPoller:
             baseline=records is not None and state.baseline_at is None,
             skipped_rows=write.skipped_rows,
             error=str(error) if error is not None else None,
+            duration_s=time.monotonic() - begun,
         )
         if report.baseline:
             log.info("baseline: %d tasks already running in project %s", report.tasks, self.project.info.name)
@@ -232,8 +234,10 @@ class Watcher:
         retention_days: int = 30,
         status_workers: int = 8,
         clock: Callable[[], float] = time.time,
+        on_poll: Callable[[ProjectReport], None] | None = None,
     ) -> None:
         self._projects = projects
+        self.on_poll = on_poll
         self.store = store
         self.outbox = outbox
         self._routes = routes
@@ -278,10 +282,15 @@ class Watcher:
     def _poll_all(self, pollers: list[ProjectPoller], policy: Policy) -> list[ProjectReport]:
         def poll(poller: ProjectPoller) -> ProjectReport:
             try:
-                return poller.poll(policy)[0]
+                report = poller.poll(policy)[0]
             except Exception as exc:  # a bug in one project's poll must not stop the others
                 log.exception("the poll of project %s failed", poller.project.info.name)
-                return ProjectReport(poller.project.info.name, ok=False, error=f"{type(exc).__name__}: {exc}")
+                report = ProjectReport(
+                    poller.project.info.name, ok=False, error=f"{type(exc).__name__}: {exc}"
+                )
+            if self.on_poll is not None:
+                self.on_poll(report)
+            return report
 
         if len(pollers) <= 1:
             return [poll(p) for p in pollers]

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 from slack_bolt import BoltRequest
+from support.compose import compose_app
 from support.fake_slack import FakeSlack, assert_valid_message
 from support.slack_requests import SECRET, signed_headers
 
@@ -25,7 +26,6 @@ from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
-from kpsbot.slack.app import build_app
 from kpsbot.slack.blocks import NEXT, PREV, REFRESH
 from kpsbot.store import Store
 from kpsbot.watch.cycle import WatchedProject, Watcher
@@ -72,7 +72,6 @@ def served():
     sim.add_task(server_name=HOSTILE, keypair_name="<@U123>", task_id="t-<!here>`")
     sim.add_task(server_name="x" * 100_000, keypair_name="`" * 300, server_id="<!channel>")
     with SimulatorServer(sim) as server, FakeSlack() as fake:
-        kps = KpsClient(server.url, PROJECT, AkSkAuth("AK", "SK", PROJECT), retries=0, timeout=(2, 5))
         app_settings = settings_from(
             {
                 "KPS_PROJECT_ID": PROJECT,
@@ -84,7 +83,7 @@ def served():
                 "SLACK_API_URL": fake.url,
             }
         )
-        app = build_app(app_settings, kps, executor=Inline())
+        app = compose_app(app_settings, Store(":memory:"), Inline(), kps_timeout=5)
         yield app, sim, fake
 
 
@@ -147,7 +146,7 @@ def paging_payload(value, action_id: str = NEXT) -> dict:
 words = st.one_of(
     st.sampled_from(
         [*MARKUP, "`", "```", "*", "_", "~", "&", "&amp;", "&lt;", "help", "status", "failed", "reset"]
-        + ["replace", "unbind", "web", "\n", "\t", "\x00", "\u202e", "\ufeff", "|", "v1|p1|0|"]
+        + ["replace", "unbind", "web", "\n", "\t", "\x00", "\u202e", "\ufeff", "|", "v2||0|"]
     ),
     st.text(max_size=12),
 )
@@ -262,15 +261,15 @@ def _without(payload: dict, *path: str) -> dict:
 @pytest.mark.parametrize(
     "payload",
     [
-        _without(paging_payload("v1|p1|0|"), "actions"),
-        {**paging_payload("v1|p1|0|"), "actions": []},
-        {**paging_payload("v1|p1|0|"), "actions": [{}]},
-        _without(paging_payload("v1|p1|0|"), "user"),
-        _without(paging_payload("v1|p1|0|"), "channel"),
-        {**paging_payload("v1|p1|0|"), "user": "U1", "channel": ["C1"]},
-        _without(paging_payload("v1|p1|0|"), "actions", 0, "value"),
-        _without(paging_payload("v1|p1|0|"), "type"),
-        _without(paging_payload("v1|p1|0|"), "trigger_id"),
+        _without(paging_payload("v2||0|"), "actions"),
+        {**paging_payload("v2||0|"), "actions": []},
+        {**paging_payload("v2||0|"), "actions": [{}]},
+        _without(paging_payload("v2||0|"), "user"),
+        _without(paging_payload("v2||0|"), "channel"),
+        {**paging_payload("v2||0|"), "user": "U1", "channel": ["C1"]},
+        _without(paging_payload("v2||0|"), "actions", 0, "value"),
+        _without(paging_payload("v2||0|"), "type"),
+        _without(paging_payload("v2||0|"), "trigger_id"),
         {"type": "block_actions"},
         {},
     ],

@@ -14,18 +14,17 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from bot_process import bot_environment, wait_until
+from support.compose import compose_app
 from support.fake_slack import FakeSlack, assert_valid_message
 from support.slack_requests import SECRET, Bot, signed_headers
 
-from kpsbot.kps.auth import AkSkAuth
-from kpsbot.kps.client import KpsClient
 from kpsbot.services import HttpService
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
-from kpsbot.slack.app import build_app
 from kpsbot.slack.blocks import NEXT
 from kpsbot.slack.server import make_wsgi_app
 from kpsbot.slack.workers import WorkerPool
+from kpsbot.store import Store
 
 PROJECT = "p1"
 
@@ -45,9 +44,9 @@ def bot():
                 "SLACK_API_URL": fake.url,
             }
         )
-        kps = KpsClient(server.url, PROJECT, AkSkAuth("AK", "SK", PROJECT), retries=0, timeout=(2, 5))
         work = WorkerPool(workers=4)
-        app = build_app(settings, kps, executor=work)
+        store = Store(":memory:")
+        app = compose_app(settings, store, work, kps_timeout=5)
         http = HttpService(make_wsgi_app(app, lambda: {"status": "ok"}), "127.0.0.1", 0)
         http.start()
         try:
@@ -55,6 +54,7 @@ def bot():
         finally:
             http.stop(2)
             work.stop(2)
+            store.close()
 
 
 def press_body(bot: Bot, value: str, name: str, trigger: str = "trig-press") -> str:
@@ -89,10 +89,10 @@ def settle(bot: Bot, seconds: float = 0.4) -> None:
 )
 def test_a_forged_button_press_gets_401_and_nothing_else(bot, forge):
     before = bot.sim.requests
-    body = press_body(bot, "v1|p1|10|", "forged")
+    body = press_body(bot, "v2||10|", "forged")
     headers = signed_headers(body, **{k: v for k, v in forge.items() if k in ("secret", "timestamp")})
     if forge.get("tamper"):
-        body = press_body(bot, "v1|p1|0|", "forged")
+        body = press_body(bot, "v2||0|", "forged")
     headers.pop(forge.get("drop", ""), None)
     response = requests.post(f"{bot.url}/slack/events", data=body, headers=headers, timeout=5)
     assert response.status_code == 401
@@ -156,7 +156,7 @@ def test_a_retried_command_makes_no_second_kps_call_and_no_second_answer(bot):
 
 
 def test_a_retried_button_press_makes_no_second_kps_call(bot):
-    body = press_body(bot, "v1|p1|10|", "press", trigger="trig-press-retry")
+    body = press_body(bot, "v2||10|", "press", trigger="trig-press-retry")
     requests.post(f"{bot.url}/slack/events", data=body, headers=signed_headers(body), timeout=5)
     bot.reply("press")
     settle(bot)
@@ -220,7 +220,7 @@ def workload(bot_url: str, sim: Simulator, fake: FakeSlack, signing_secret: str)
     command("web", "filter")
     command("status " + sim.running()[0]["task_id"], "status")
     command("help", "help")
-    tampered = {"action_id": NEXT, "type": "button", "value": "v1|other|0|<!channel>"}
+    tampered = {"action_id": NEXT, "type": "button", "value": "v2|other|0|<!channel>"}
     for element in [*page["blocks"][-1]["elements"], tampered]:
         body = urlencode(
             {

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from support.compose import compose_app
 from support.fake_slack import FakeSlack
 from support.slack_requests import SECRET, Bot
 
-from kpsbot.kps.auth import AkSkAuth
-from kpsbot.kps.client import KpsClient
 from kpsbot.services import HttpService
 from kpsbot.settings import settings_from
 from kpsbot.simulator import Simulator, SimulatorServer
-from kpsbot.slack.app import build_app
 from kpsbot.slack.home import HomeStatus
 from kpsbot.slack.server import make_wsgi_app
 from kpsbot.slack.workers import WorkerPool
+from kpsbot.store import Store
 
 BOT_TOKEN = "xoxb-test"
 PROJECT = "p1"
@@ -34,7 +33,9 @@ def make_bot(
     env: dict | None = None,
     kps_timeout: float = 6.0,
     home: Callable[[], HomeStatus] | None = None,
+    db_path: str = ":memory:",
 ):
+    """The Slack app as `kpsbot run` composes it (settings -> clients -> app), served on loopback."""
     settings = settings_from(
         {
             "KPS_PROJECT_ID": PROJECT,
@@ -48,14 +49,12 @@ def make_bot(
             **(env or {}),
         }
     )
-    kps = KpsClient(
-        sim_url, PROJECT, AkSkAuth("AK", "SK", PROJECT), retries=0, backoff=0, timeout=(1, kps_timeout)
-    )
+    store = Store(db_path)
     work = WorkerPool(workers=8)
-    app = build_app(settings, kps, executor=work, home=home)
+    app = compose_app(settings, store, work, home=home, kps_timeout=kps_timeout)
     http = HttpService(make_wsgi_app(app, lambda: {"status": "ok", "version": "test"}), "127.0.0.1", 0)
     http.start()
-    return http, work
+    return http, work, store
 
 
 @pytest.fixture
@@ -74,7 +73,8 @@ def start_bot(fake):
         server = SimulatorServer(sim)
         server.start()
         cleanup.append(server.stop)
-        http, work = make_bot(fake, server.url, env, kps_timeout, home)
+        http, work, store = make_bot(fake, server.url, env, kps_timeout, home)
+        cleanup.append(store.close)
         cleanup.append(lambda: http.stop(2))
         cleanup.append(lambda: work.stop(2))
         return Bot(f"http://127.0.0.1:{http.port}", sim, fake)

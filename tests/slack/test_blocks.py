@@ -7,11 +7,13 @@ import pytest
 from support.fake_slack import assert_valid_message
 
 from kpsbot.kps.client import KpsError
+from kpsbot.kps.listing import ProjectTask
 from kpsbot.kps.models import FailedTask, RunningTask, TaskStatus
 from kpsbot.slack.blocks import (
     NEXT,
     PREV,
     REFRESH,
+    PageScope,
     render_help,
     render_kps_error,
     render_notice,
@@ -41,8 +43,11 @@ def task(n: int, **fields) -> RunningTask:
 ALL = Query()
 
 
-def page(tasks, total, offset=0, page_size=10, query=ALL, project="p1"):
-    message = render_task_page(tasks, total, offset, page_size, query, project, "cn-north-4", NOW)
+def page(tasks, total, offset=0, page_size=10, query=ALL, project="p1", **options):
+    rows = [ProjectTask(project, "id-" + project, t) for t in tasks]
+    message = render_task_page(
+        rows, total, offset, page_size, query, PageScope((project,), "cn-north-4"), NOW, **options
+    )
     assert_valid_message(message)
     return message
 
@@ -54,7 +59,7 @@ def all_text(message) -> str:
 def buttons(message) -> dict:
     actions = [b for b in message["blocks"] if b["type"] == "actions"]
     assert len(actions) == 1
-    return {e["action_id"]: decode_page_value(e["value"], "p1").offset for e in actions[0]["elements"]}
+    return {e["action_id"]: decode_page_value(e["value"], ["p1"]).offset for e in actions[0]["elements"]}
 
 
 def sections(message) -> list[str]:
@@ -83,7 +88,7 @@ def test_header_names_project_and_region():
     message = page([task(1)], 1)
     assert message["blocks"][0]["type"] == "header"
     context = message["blocks"][1]["elements"][0]["text"]
-    assert "`p1`" in context and "cn-north-4" in context
+    assert "Project *p1*" in context and "cn-north-4" in context
 
 
 def test_a_task_row_shows_action_server_keypair_start_and_age():
@@ -239,3 +244,21 @@ def test_kps_errors_are_block_kit():
     )
     assert_valid_message(message)
     assert "&lt;bad&gt;" in message["blocks"][0]["text"]["text"]
+
+
+def test_a_page_over_several_projects_names_each_rows_project_and_the_ones_that_failed():
+    rows = [ProjectTask("cn-north-4", "a", task(1)), ProjectTask("ap-southeast-1_prod", "b", task(2))]
+    scope = PageScope(("cn-north-4", "ap-southeast-1_prod", "eu-west-0"))
+    errors = {"eu-west-0": ":warning: KPS refused the request: `KPS.0001` boom Request id `r-1`."}
+    message = render_task_page(rows, 2, 0, 10, ALL, scope, NOW, errors=errors)
+    assert_valid_message(message)
+    text = sections(message)
+    assert "Project *cn-north-4*" in text[1] and "Project *ap-southeast-1_prod*" in text[2]
+    assert "eu-west-0" in text[3] and "KPS.0001" in text[3] and "r-1" in text[3]
+    assert "3 projects" in all_text(message)
+
+
+@pytest.mark.parametrize(("minutes", "stuck"), [(0, False), (60, False), (4, True)])
+def test_tasks_running_longer_than_the_threshold_are_marked_stuck(minutes, stuck):
+    row = sections(page([task(1)], 1, stuck_minutes=minutes))[1]  # task 1 started 6 minutes ago
+    assert ("stuck" in row) == stuck

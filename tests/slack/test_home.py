@@ -14,14 +14,12 @@ from unittest.mock import Mock
 import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
+from support.compose import compose_app
 from support.fake_slack import FakeSlack, assert_valid_view
 from support.fake_socket_mode import FakeSocketMode
 from support.slack_requests import Bot
 
-from kpsbot.kps.auth import AkSkAuth
-from kpsbot.kps.client import KpsClient
 from kpsbot.settings import settings_from
-from kpsbot.slack.app import build_app
 from kpsbot.slack.home import (
     FINISHED_SHOWN,
     LINE,
@@ -35,6 +33,8 @@ from kpsbot.slack.home import (
     render_home,
 )
 from kpsbot.slack.server import SocketModeService
+from kpsbot.slack.workers import WorkerPool
+from kpsbot.store import Store
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 HOSTILE = "<!channel> <@U1> & `tick` *bold* <https://evil.example|click> " + "x" * 10_000
@@ -493,8 +493,9 @@ def socket_bot():
             "SLACK_API_URL": fake.url,
         }
     )
-    kps = KpsClient("http://127.0.0.1:9", "p1", AkSkAuth("AK", "SK", "p1"), retries=0)
-    app = build_app(settings, kps, home=provider)
+    store = Store(":memory:")
+    work = WorkerPool(workers=2)
+    app = compose_app(settings, store, work, home=provider)
     service = SocketModeService(app, APP_TOKEN)
     try:
         service.start()
@@ -508,6 +509,8 @@ def socket_bot():
         socket_mode.stop()
         service.stop(timeout=5)
         app.listener_runner.listener_executor.shutdown(wait=True)
+        work.stop(2)
+        store.close()
         fake.stop()
     deadline = time.monotonic() + 5
     while (

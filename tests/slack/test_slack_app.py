@@ -108,7 +108,7 @@ def test_next_previous_and_refresh_replace_the_message_with_the_right_rows(start
 
 def test_refresh_of_a_page_that_emptied_shows_the_last_page(start_bot):
     bot = start_bot(tasks=5)
-    value = encode_page_value(PROJECT, PageRef(Query(), 10))
+    value = encode_page_value(PageRef(Query(), 10))
     bot.press(REFRESH, value, name="r")
     body = bot.reply("r")
     assert body["replace_original"] is True
@@ -117,7 +117,7 @@ def test_refresh_of_a_page_that_emptied_shows_the_last_page(start_bot):
 
 def test_next_past_the_end_says_the_page_is_gone(start_bot):
     bot = start_bot(tasks=5)
-    bot.press(NEXT, encode_page_value(PROJECT, PageRef(Query(), 10)), name="n")
+    bot.press(NEXT, encode_page_value(PageRef(Query(), 10)), name="n")
     body = bot.reply("n")
     assert is_notice(body)
     assert "no longer exists" in body["text"]
@@ -126,9 +126,10 @@ def test_next_past_the_end_says_the_page_is_gone(start_bot):
 @pytest.mark.parametrize(
     ("value", "complaint"),
     [
-        ("v1|p1|abc|", "cannot exist"),
-        ("v1|p1|-5|", "cannot exist"),
-        ("v1|other-project|0|", "another KPS project"),
+        ("v2||abc|", "cannot exist"),
+        ("v2||-5|", "cannot exist"),
+        ("v2|other-project|0|", "no longer watches"),
+        ("v1|p1|0|", "older or altered"),
         ("v9|p1|0|", "altered"),
         ('{"offset": 10}', "altered"),
         ("", "altered"),
@@ -260,7 +261,7 @@ def test_a_thousand_tasks_stay_within_slacks_limits(start_bot):
     assert_valid_message(body)
     assert len(rows(body)) == 40
     assert "Showing *1–40* of *1000*" in json.dumps(body, ensure_ascii=False)
-    bot.press(NEXT, encode_page_value(PROJECT, PageRef(Query(), 960)), name="end")
+    bot.press(NEXT, encode_page_value(PageRef(Query(), 960)), name="end")
     end = bot.reply("end")
     assert_valid_message(end)
     assert rows(end) == running_ids(bot.sim)[960:]
@@ -303,7 +304,7 @@ def test_kps_timeout_becomes_a_short_ephemeral_message(start_bot):
 def test_a_button_press_during_a_kps_failure_leaves_the_page_alone(start_bot):
     bot = start_bot(tasks=25)
     bot.sim.fail_next(1, status=503, kind="status")
-    bot.press(NEXT, encode_page_value(PROJECT, PageRef(Query(), 10)), name="b")
+    bot.press(NEXT, encode_page_value(PageRef(Query(), 10)), name="b")
     body = bot.reply("b")
     assert is_notice(body)  # a new ephemeral notice, not a replacement of the page
     assert "HTTP 503" in body["text"]
@@ -325,7 +326,7 @@ def test_outsiders_are_refused_without_a_kps_call(start_bot, env):
     before = bot.sim.requests
     ack = bot.command("", name="no", user="U1", channel="C1")
     assert ack.status == 200 and "limited to certain channels" in ack.body["text"]
-    bot.press(NEXT, encode_page_value(PROJECT, PageRef(Query(), 0)), name="nob", user="U1", channel="C1")
+    bot.press(NEXT, encode_page_value(PageRef(Query(), 0)), name="nob", user="U1", channel="C1")
     body = bot.reply("nob")
     assert is_notice(body) and "limited to certain channels" in body["text"]
     time.sleep(0.2)
