@@ -109,7 +109,8 @@ class Simulator:
         self._hidden: dict[str, dict] = {}
         self._status: dict[str, tuple[str, str]] = {}  # task_id -> (server_id, task_status)
         self._finished: OrderedDict[str, None] = OrderedDict()  # finished task IDs, oldest first
-        self._failed: OrderedDict[str, dict] = OrderedDict()  # task_id -> failed row, oldest first
+        # (task_id, task_time) -> failed row, oldest first: a task_id can fail in several runs
+        self._failed: OrderedDict[tuple[str, str], dict] = OrderedDict()
         self._transitions: deque[dict] = deque(maxlen=max_transitions)
         self._finish_queue: list[tuple[float, str]] = []  # heap of (finish at, task_id)
         self._finish_at: dict[str, float] = {}
@@ -174,10 +175,22 @@ class Simulator:
         heapq.heappush(self._finish_queue, (at, task_id))
 
     def _start(self, record: dict, at: float) -> dict:
-        if record["task_id"] in self._status:
-            raise ValueError(f"task {record['task_id']} already exists")
+        """Start a run. A task_id that finished before may start again (KPS's task_id is the server's
+        ID: a server's key pair can be reset twice); `tasks/{id}` then answers for the new run."""
+        task_id = record["task_id"]
+        if task_id in self._running or task_id in self._hidden:
+            raise ValueError(f"task {task_id} is already running")
+        self._finished.pop(task_id, None)  # its status is the new run's now
         self._insert(record)
-        self._transitions.append({"kind": "started", "task_id": record["task_id"], "outcome": None, "at": at})
+        self._transitions.append(
+            {
+                "kind": "started",
+                "task_id": task_id,
+                "task_time": record["task_time"],
+                "outcome": None,
+                "at": at,
+            }
+        )
         return dict(record)
 
     def add_task(
@@ -225,19 +238,19 @@ class Simulator:
         if not success:
             failed = dict(record, operate_type=f"FAILED_{action}")
             failed.update(task_error_code=error_code, task_error_msg=error_msg)
-            self._failed[task_id] = failed
+            self._failed[(task_id, record["task_time"])] = failed
             self._failed_sorted = None
             if len(self._failed) > self.max_failed:
                 self._failed.popitem(last=False)
         while len(self._finished) > self.max_finished:
             forgotten, _ = self._finished.popitem(last=False)
             self._status.pop(forgotten, None)
-            if self._failed.pop(forgotten, None) is not None:
-                self._failed_sorted = None
+            self._forget_failed(forgotten)
         self._transitions.append(
             {
                 "kind": "finished",
                 "task_id": task_id,
+                "task_time": record["task_time"],
                 "outcome": "succeeded" if success else "failed",
                 "at": at,
             }
@@ -274,8 +287,13 @@ class Simulator:
             self._finish_at.pop(task_id, None)
             self._status.pop(task_id)
             self._finished.pop(task_id, None)
-            self._failed.pop(task_id, None)
-            self._running_sorted = self._failed_sorted = None
+            self._forget_failed(task_id)
+            self._running_sorted = None
+
+    def _forget_failed(self, task_id: str) -> None:
+        for key in [key for key in self._failed if key[0] == task_id]:
+            del self._failed[key]
+            self._failed_sorted = None
 
     def tick(self, now: float | None = None) -> None:
         """Apply the lifecycle up to `now`: start tasks at `rate` per second, finish the due ones."""

@@ -214,9 +214,16 @@ class Outbox:
                     result = HANDLERS.get(entry.kind, send_summary)(self, entry, channel, sender)
                     self._record(entry, channel, result)
             except DeliveryFailure as exc:
-                tally.add(error=exc.reason)
                 if self.metrics is not None:
                     self.metrics.notification_failed(exc.metric_reason)
+                if exc.kind == GONE and entry.kind == "finished_edit":
+                    log.warning(
+                        "start message of task %s can no longer be edited: %s", entry.task_id, exc.reason
+                    )
+                    self.store.mark_failed(entry.id, error=exc.reason, status="skipped")
+                    tally.add(skipped=1)
+                    continue
+                tally.add(error=exc.reason)
                 if not self._failed(entry, channel, exc, halt):
                     return  # the rest of this channel waits for the next round
                 continue
@@ -269,10 +276,6 @@ class Outbox:
             log.warning("Slack rate-limits channel %s: pausing it for %.0f s", channel, wait)
             self.store.pause_channel(channel, self.clock() + wait)
             return False
-        if exc.kind == GONE and entry.kind == "finished_edit":
-            log.warning("start message of task %s can no longer be edited: %s", entry.task_id, exc.reason)
-            self.store.mark_failed(entry.id, error=exc.reason, status="skipped")
-            return True
         self._retry(entry, exc)
         return exc.kind not in (SERVER, CONNECTION)  # Slack in trouble: this channel waits
 

@@ -75,7 +75,9 @@ class Route:
         if not self.wants_project(project):
             return False
         if notice.task is None:
-            return notice.group is None or not self.failures_only  # summaries of the project
+            # Outage and recovery reach every channel of the project; the baseline's "watching"
+            # message all but failures-only ones (it promises starts that such a channel won't get).
+            return notice.kind != "baseline" or not self.failures_only
         if self.actions and notice.task.action not in self.actions:
             return False
         if self.failures_only and not notice.failure:

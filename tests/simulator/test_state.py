@@ -55,7 +55,14 @@ def test_add_finish_hide_remove(sim):
     with pytest.raises(KeyError):
         sim.finish_task("ok")
     with pytest.raises(ValueError):
-        sim.add_task(task_id="ok")
+        sim.add_task(task_id="hidden")  # still running behind the list
+    again = sim.add_task(task_id="bad", task_time_ms=9_999_999_999_000)  # a new run of a finished task
+    assert sim.status("bad") == "RUNNING_RESET" and again["task_time"] == "9999999999000"
+    sim.finish_task("bad", success=False, error_code="KPS.9")
+    assert [(r["task_id"], r["task_error_code"]) for r in sim.failed()] == [
+        ("bad", "KPS.2003"),
+        ("bad", "KPS.9"),
+    ]
 
 
 def test_rate_starts_and_finishes_tasks_on_the_clock():

@@ -169,18 +169,22 @@ class FakeSlack:
         error: str | None = None,
         retry_after: int = 1,
         method: str | None = None,
+        channel: str | None = None,
     ) -> None:
-        """Fail the next `n` calls (to `method`, or to any Web API method; "response_url" for those).
+        """Fail the next `n` calls (to `method`, or to any Web API method; "response_url" for those;
+        only calls about `channel` when it is given).
 
         `error` answers HTTP 200 `{"ok": false, "error": ...}`; status 429 adds `Retry-After`;
         any other status (500 by default) answers that status.
         """
         fault = {"status": status or (200 if error else 500), "error": error, "retry_after": retry_after}
         with self._cond:
-            self._faults.extend(dict(fault, method=method) for _ in range(n))
+            self._faults.extend(dict(fault, method=method, channel=channel) for _ in range(n))
 
-    def _take_fault(self, method: str) -> dict | None:
+    def _take_fault(self, method: str, channel: str | None = None) -> dict | None:
         for index, fault in enumerate(self._faults):
+            if fault.get("channel") is not None and fault["channel"] != channel:
+                continue
             if fault["method"] == method or (fault["method"] is None and method != RESPONSE_URL):
                 return self._faults.pop(index)
         if self.fault_ratio <= 0 or method == RESPONSE_URL:
@@ -234,7 +238,7 @@ class FakeSlack:
             token = authorization[len("Bearer ") :]
         call = {"method": method, "args": args, "token": token, "at": now}
         with self._cond:
-            fault = self._take_fault(method)
+            fault = self._take_fault(method, args.get("channel"))
             expected = self.app_token if method == CONNECTIONS_OPEN else self.bot_token
             if fault is None and expected is not None and token != expected:
                 fault = {"status": 200, "error": "invalid_auth", "retry_after": 1}

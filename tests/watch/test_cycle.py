@@ -413,3 +413,115 @@ def test_start_printed_on_the_console_finishes_standalone_in_slack(sim, slack, k
         [finished] = posts(slack)
         assert "thread_ts" not in finished["args"] and "web-moved" in all_text(finished)
         assert slack.calls_to("chat.update") == []
+
+
+# -- task identity: task_id and task_time ----------------------------------------------------------
+
+
+def test_a_task_id_that_comes_back_with_a_new_task_time_is_a_new_start_and_ends_the_earlier_run(
+    sim, slack, make_watcher
+):
+    """KPS's task_id is the server's ID: the same ID with another task_time is a new run (SPEC §1)."""
+    watcher = make_watcher()
+    watcher.run_cycle()
+    first = sim.add_task(task_id="srv-1", server_name="web-again", task_time_ms=1_700_000_000_000)
+    watcher.run_cycle()
+    sim.finish_task("srv-1", success=False, error_code="KPS.2003", error_msg="first run failed")
+    second = sim.add_task(task_id="srv-1", server_name="web-again", task_time_ms=1_700_000_500_000)
+    report = watcher.run_cycle()  # both happened between two polls
+    assert (report.started, report.finished) == (1, 1)
+    starts = [c for c in posts(slack) if "started on web-again" in c["args"]["text"]]
+    assert len(starts) == 2  # one start message per run
+    first_ts = watcher.store.thread("p1", *key(first), CHANNEL)
+    second_ts = watcher.store.thread("p1", *key(second), CHANNEL)
+    assert first_ts and second_ts and first_ts != second_ts
+    [reply] = [c for c in posts(slack) if c["args"].get("thread_ts") == first_ts]
+    assert "failed" in all_text(reply) and "KPS.2003" in all_text(reply)  # from the failed-tasks list
+    sim.finish_task("srv-1", success=True)
+    watcher.run_cycle()
+    [second_reply] = [c for c in posts(slack) if c["args"].get("thread_ts") == second_ts]
+    assert "succeeded" in all_text(second_reply)
+    assert_all_valid(slack)
+
+
+def test_a_run_that_came_back_without_a_failure_on_record_finishes_with_an_unknown_outcome(
+    sim, slack, make_watcher
+):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    first = sim.add_task(task_id="srv-2", task_time_ms=1_700_000_000_000)
+    watcher.run_cycle()
+    sim.finish_task("srv-2", success=True)
+    sim.add_task(task_id="srv-2", task_time_ms=1_700_000_900_000)
+    watcher.run_cycle()
+    ts = watcher.store.thread("p1", *key(first), CHANNEL)
+    [reply] = [c for c in posts(slack) if c["args"].get("thread_ts") == ts]
+    assert "outcome unknown" in all_text(reply)  # tasks/{id} now answers for the new run
+
+
+def test_the_same_task_after_a_failed_poll_is_not_announced_twice(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task(task_id="srv-3", task_time_ms=1_700_000_000_000)
+    watcher.run_cycle()
+    sim.fail_next(1, status=503)
+    assert not watcher.run_cycle().ok
+    report = watcher.run_cycle()
+    assert (report.started, report.finished) == (0, 0)
+    assert len([c for c in posts(slack) if task["task_id"] in all_text(c)]) == 1
+
+
+# -- delivery defects found in review ----------------------------------------------------------------
+
+
+def test_a_skipped_edit_counts_as_skipped_not_delivered(sim, slack, make_watcher):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task(server_name="web-gone")
+    watcher.run_cycle()
+    sim.finish_task(task["task_id"], success=True)
+    slack.messages.clear()  # the start message was deleted: chat.update answers message_not_found
+    report = watcher.run_cycle()
+    assert (report.delivered, report.delivery.skipped) == (1, 1)  # the reply went; the edit is skipped
+    assert "1 skipped" in report.summary()
+
+
+class BrokenTerminal:
+    """A terminal that cannot be written to (a closed pipe): every print fails."""
+
+    def post(self, channel, message, *, thread_ts=None, broadcast=False):
+        ConsoleSender(_Closed())._write("x")
+
+    def update(self, channel, ts, message):
+        ConsoleSender(_Closed())._write("x")
+
+
+class _Closed(io.StringIO):
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_the_demo_terminal_failing_never_reposts_to_slack(sim, slack, kps, db_path, clock):
+    """The demo echoes to the terminal and posts to Slack: a terminal error after Slack took the post
+    once made the entry retry, and Slack got it again."""
+    with Store(db_path) as store:
+        watcher = build_watcher(
+            kps,
+            store,
+            senders={CONSOLE: BrokenTerminal(), "*": slack_sender(slack)},
+            routes=[Route(CONSOLE), Route(CHANNEL)],
+            clock=clock,
+        )
+        watcher.run_cycle()
+        task = sim.add_task(server_name="web-echo")
+        for _ in range(4):
+            watcher.run_cycle()
+            clock.advance(3600)
+        sim.finish_task(task["task_id"], success=True)
+        for _ in range(3):
+            watcher.run_cycle()
+            clock.advance(3600)
+    texts = [c["args"]["text"] for c in posts(slack)]
+    assert sum("started on web-echo" in t for t in texts) == 1
+    assert sum(c["args"].get("thread_ts") is not None for c in posts(slack)) == 1
+    assert len(slack.calls_to("chat.update")) == 1

@@ -131,3 +131,39 @@ def test_stop_never_leaves_a_delivery_between_send_and_record(sim, kps, slack, t
         assert len(sent) == len(slack.calls_to("chat.postMessage")) == 1
         time.sleep(0.7)
         assert len(slack.calls_to("chat.postMessage")) == 1 and len(store.outbox_entries("pending")) == 2
+
+
+class TakeoverSlack:
+    """Slack, and while the first post is under way another process takes the watcher lease over
+    (this process's lease ran out: a long pause, a suspended VM)."""
+
+    def __init__(self, sender, store_b) -> None:
+        self.sender, self.store_b = sender, store_b
+        self.posts = 0
+
+    def post(self, channel, message, *, thread_ts=None, broadcast=False):
+        self.posts += 1
+        if self.posts == 1:
+            self.store_b.conn.execute("update lease set expires_at = 0")
+            assert self.store_b.acquire_lease("b", ttl=60) is not None
+        return self.sender.post(channel, message, thread_ts=thread_ts, broadcast=broadcast)
+
+    def update(self, channel, ts, message):
+        self.sender.update(channel, ts, message)
+
+
+def test_a_process_that_lost_the_lease_stops_posting_before_its_next_send(sim, kps, slack, tmp_path):
+    path = tmp_path / "k.db"
+    with Store(path) as store, Store(path) as store_b:
+        build_watcher(kps, store).run_cycle()  # the baseline, quietly
+        for i in range(3):
+            sim.add_task(server_name=f"web-{i}")
+        sender = TakeoverSlack(slack_sender(slack), store_b)
+        watcher = build_watcher(kps, store, senders={"*": sender}, routes=[Route(CHANNEL)])
+        loop = WatcherLoop(watcher, store, interval=60, owner="a")
+        loop.run_once()
+        assert len(slack.calls_to("chat.postMessage")) == 1  # the send under way when the lease went
+        assert len(store.outbox_entries("pending")) == 2  # left to the new holder, not posted twice
+        assert not loop.lease.valid() and store.lease_holder() == "b"
+        loop.run_once()  # the next iteration does not get the lease back
+        assert len(slack.calls_to("chat.postMessage")) == 1 and not loop.is_leader
