@@ -10,9 +10,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
-from slack_bolt import App
+from slack_bolt import App, BoltContext, BoltRequest, BoltResponse
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.request.internals import build_context
 
 from kpsbot.services import HttpService, Service, WsgiApp
 
@@ -40,6 +42,27 @@ def _reply(
     return [data]
 
 
+class _FormRequest(BoltRequest):
+    """Bolt reads any form body containing the text `payload` as an interactivity payload, so
+    `/kps-tasks payload-01` parsed as an empty request (404). A form without a `payload` field is
+    read as the form it is; the raw body, which the signature covers, is untouched."""
+
+    def __init__(self, *, body: str, **kwargs: Any) -> None:
+        super().__init__(body=body, **kwargs)
+        if self.body == {} and body and not body.lstrip().startswith("{"):
+            form = dict(parse_qsl(body, keep_blank_values=True))
+            if "payload" not in form:
+                self.body = form
+                self.context = build_context(BoltContext({}), form)
+
+
+class _SlackRequestHandler(SlackRequestHandler):
+    def dispatch(self, request: Any) -> BoltResponse:
+        return self.app.dispatch(
+            _FormRequest(body=request.get_body(), query=request.query_string, headers=request.get_headers())
+        )
+
+
 def make_wsgi_app(
     bolt_app: App | None, health: Health, *, metrics: Exposition | None = None, max_body: int = MAX_BODY
 ) -> WsgiApp:
@@ -49,7 +72,7 @@ def make_wsgi_app(
     Bolt verifies each request's signature and timestamp; bodies over `max_body` get 413
     before Bolt reads them. `/healthz` answers 200 when `health()["status"] == "ok"`, else 503.
     """
-    handler = SlackRequestHandler(bolt_app, path=EVENTS_PATH) if bolt_app is not None else None
+    handler = _SlackRequestHandler(bolt_app, path=EVENTS_PATH) if bolt_app is not None else None
 
     def wsgi(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

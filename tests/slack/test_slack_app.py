@@ -254,6 +254,17 @@ def test_no_tasks(start_bot):
     assert button(body, NEXT) is None and button(body, REFRESH)
 
 
+@pytest.mark.parametrize("text", ["payload", "payload-01 reset", "x&payload=y"])
+def test_text_with_the_word_payload_is_a_command_like_any_other(start_bot, text):
+    """Bolt alone reads any form body containing `payload` as an interactivity payload (a 404)."""
+    bot = start_bot(tasks=3)
+    ack = bot.command(text, name="p")
+    assert ack.status == 200
+    body = bot.reply("p")
+    assert_valid_message(body)
+    assert "No running tasks match" in json.dumps(body)
+
+
 def test_a_thousand_tasks_stay_within_slacks_limits(start_bot):
     bot = start_bot(tasks=1000, env={"KPSBOT_PAGE_SIZE": "40"})
     bot.command("", name="big")
