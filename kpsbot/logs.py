@@ -1,12 +1,23 @@
-"""Logging set-up: one stderr handler whose output never carries a configured secret."""
+"""Logging set-up: one stderr handler, text or JSON lines, whose output never carries a configured secret.
+
+JSON lines are built on `logging.Formatter` and `json` rather than python-json-logger: the fields are few
+and fixed, and the secrets must be masked in each value before it is serialized (so that masking can
+never break the JSON), which that library would need the same code hooked into it to do.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MASK = "***"
+# What a JSON line carries from a record's `extra=`, when the record has it.
+CONTEXT_FIELDS = ("project", "task_id", "channel")
 
 
 class RedactingFormatter(logging.Formatter):
@@ -17,19 +28,70 @@ class RedactingFormatter(logging.Formatter):
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def mask(self, text: str) -> str:
         for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "***")
-        return line
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.mask(super().format(record))
 
 
-def setup_logging(level: str, secrets: Iterable[str | None]) -> None:
+class JsonFormatter(RedactingFormatter):
+    """One JSON object a line: `time`, `level`, `logger`, `message`, the context fields the record
+    carries, and `exception` (the whole traceback, one string) when there is one.
+
+    Secrets are masked in every value before serializing, so a secret with `"` or `\\` in it is
+    masked like any other and the line stays valid JSON.
+    """
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """RFC 3339 in UTC with milliseconds: `2026-12-01T17:44:16.585Z`."""
+        when = datetime.fromtimestamp(record.created, timezone.utc)
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                fields[name] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            fields["exception"] = record.exc_text
+        if record.stack_info:
+            fields["stack"] = self.formatStack(record.stack_info)
+        masked = {key: self.mask(value) if isinstance(value, str) else value for key, value in fields.items()}
+        return json.dumps(masked, ensure_ascii=False)
+
+
+def log_context(
+    *, project: str | None = None, task_id: str | None = None, channel: str | None = None
+) -> dict[str, str]:
+    """The `extra=` of a record about a project, task or channel; JSON lines carry these as fields
+    (text lines do not show them): `log.info("started", extra=log_context(project=name, task_id=id))`."""
+    given = {"project": project, "task_id": task_id, "channel": channel}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def setup_logging(level: str, secrets: Iterable[str | None], fmt: str = "text") -> None:
+    """Every record to stderr, `fmt` "text" (`FORMAT`) or "json" (`JsonFormatter`), secrets masked."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(secrets))
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else RedactingFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # urllib3 logs full URLs with query strings at DEBUG; keep its chatter down.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+
+
+def json_active() -> bool:
+    """Whether stderr gets JSON lines (setup_logging was called with fmt="json")."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)

@@ -1,12 +1,20 @@
-"""The log formatter masks configured secrets wherever they appear in a line."""
+"""The log formatters mask configured secrets wherever they appear in a line; JSON lines stay JSON."""
 
 import io
+import json
 import logging
+import re
+import sys
+from datetime import datetime, timedelta, timezone
 
-from kpsbot.logs import RedactingFormatter
+import pytest
+
+from kpsbot.logs import JsonFormatter, RedactingFormatter, json_active, log_context, setup_logging
 
 
-def _emit(formatter: logging.Formatter, *args, exc: Exception | None = None) -> str:
+def _emit(
+    formatter: logging.Formatter, *args, exc: Exception | None = None, extra: dict | None = None
+) -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
@@ -14,12 +22,12 @@ def _emit(formatter: logging.Formatter, *args, exc: Exception | None = None) -> 
     logger.handlers[:] = [handler]
     logger.propagate = False
     if exc is None:
-        logger.warning(*args)
+        logger.warning(*args, extra=extra)
     else:
         try:
             raise exc
         except Exception:
-            logger.exception(*args)
+            logger.exception(*args, extra=extra)
     return stream.getvalue()
 
 
@@ -35,3 +43,95 @@ def test_short_values_are_not_masked_and_longest_secret_wins():
     formatter = RedactingFormatter(["ab", "token-1", "token-12"])
     out = _emit(formatter, "ab token-12")
     assert out.strip().endswith("ab ***")
+
+
+# -- JSON lines ----------------------------------------------------------------------------------
+
+BASE_KEYS = {"time", "level", "logger", "message"}
+
+
+def _json_lines(out: str) -> list[dict]:
+    assert out.endswith("\n")
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_json_line_has_time_level_logger_and_message():
+    before = datetime.now(timezone.utc)
+    out = _emit(JsonFormatter([]), "polled %s in %d ms", "cn-north-4", 12)
+    after = datetime.now(timezone.utc)
+    [line] = _json_lines(out)
+    assert set(line) == BASE_KEYS
+    assert line["level"] == "WARNING"
+    assert line["logger"] == "kpsbot.test.logs"
+    assert line["message"] == "polled cn-north-4 in 12 ms"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    when = datetime.fromisoformat(line["time"].replace("Z", "+00:00"))
+    assert when.utcoffset() == timedelta(0)
+    assert before - timedelta(milliseconds=1) <= when <= after
+
+
+def test_json_context_fields_only_when_given():
+    extra = log_context(project="cn-north-4_dev", task_id="t-1", channel="C0123")
+    [line] = _json_lines(_emit(JsonFormatter([]), "started", extra=extra))
+    assert set(line) == BASE_KEYS | {"project", "task_id", "channel"}
+    assert (line["project"], line["task_id"], line["channel"]) == ("cn-north-4_dev", "t-1", "C0123")
+    [line] = _json_lines(_emit(JsonFormatter([]), "started", extra=log_context(project="cn-north-4")))
+    assert set(line) == BASE_KEYS | {"project"}
+    assert log_context() == {}
+
+
+def test_json_exception_is_one_field_on_one_line():
+    out = _emit(JsonFormatter([]), "poll failed", exc=RuntimeError("line one\nline two"))
+    assert out.count("\n") == 1
+    [line] = _json_lines(out)
+    assert set(line) == BASE_KEYS | {"exception"}
+    assert line["level"] == "ERROR" and line["message"] == "poll failed"
+    assert line["exception"].startswith("Traceback (most recent call last):\n")
+    assert line["exception"].endswith("RuntimeError: line one\nline two")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "SK-SECRET-123",
+        'quote"inside-secret',
+        "back\\slash\\secret",
+        'both\\"mixed"\\',
+        "unicodé-秘密-ключ",
+        "tab\tand\nnewline-secret",
+        "</script>&<>'",
+    ],
+)
+def test_json_masks_secrets_and_stays_valid(secret):
+    formatter = JsonFormatter([secret, "xoxb-other-token"])
+    extra = log_context(project=f"p-{secret}", task_id="t-1", channel="C01")
+    out = _emit(formatter, "with %s and %s", secret, secret, extra=extra)
+    out += _emit(formatter, "failed", exc=ValueError(f"bad key {secret}"))
+    lines = _json_lines(out)
+    assert len(lines) == 2
+    assert lines[0]["message"] == "with *** and ***"
+    assert lines[0]["project"] == "p-***"
+    assert lines[1]["exception"].endswith("ValueError: bad key ***")
+    for form in {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}:
+        assert form not in out
+    assert secret not in json.dumps(lines)
+
+
+def test_setup_logging_picks_the_format(capsys):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.excepthook
+    try:
+        setup_logging("INFO", ["hunter2-secret"], fmt="json")
+        assert json_active()
+        logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
+        [line] = _json_lines(capsys.readouterr().err)
+        assert line["message"] == "token ***" and line["channel"] == "C1"
+
+        setup_logging("INFO", ["hunter2-secret"])
+        assert not json_active()
+        logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
+        err = capsys.readouterr().err
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO kpsbot\.x: token \*\*\*\n", err)
+    finally:
+        root.handlers[:], level, sys.excepthook = saved
+        root.setLevel(level)
