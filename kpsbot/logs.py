@@ -17,7 +17,7 @@ from typing import Any
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
 # What a JSON line carries from a record's `extra=`, when the record has it.
-CONTEXT_FIELDS = ("project", "task_id", "channel")
+CONTEXT_FIELDS = ("project", "task_id", "channel", "exit_status")
 
 
 class RedactingFormatter(logging.Formatter):
@@ -95,3 +95,12 @@ def setup_logging(level: str, secrets: Iterable[str | None], fmt: str = "text") 
 def json_active() -> bool:
     """Whether stderr gets JSON lines (setup_logging was called with fmt="json")."""
     return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def emit_failure(message: str, exit_status: int) -> None:
+    """The one-line reason a command stops with `exit_status`: a record of the `kpsbot` logger with
+    `exit_status` as a field when JSON logging is set up, else the plain line `kpsbot: <message>`."""
+    if json_active():
+        logging.getLogger("kpsbot").error(message, extra={"exit_status": exit_status})
+    else:
+        print(f"kpsbot: {message}", file=sys.stderr, flush=True)

@@ -3,13 +3,22 @@
 import io
 import json
 import logging
+import os
 import re
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kpsbot.logs import JsonFormatter, RedactingFormatter, json_active, log_context, setup_logging
+from kpsbot.logs import (
+    JsonFormatter,
+    RedactingFormatter,
+    emit_failure,
+    json_active,
+    log_context,
+    setup_logging,
+)
 
 
 def _emit(
@@ -135,3 +144,68 @@ def test_setup_logging_picks_the_format(capsys):
     finally:
         root.handlers[:], level, sys.excepthook = saved
         root.setLevel(level)
+
+
+def test_emit_failure_is_a_json_record_or_the_plain_line(capsys):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.excepthook
+    try:
+        setup_logging("WARNING", [], fmt="json")
+        emit_failure("Slack failed: ratelimited", 1)
+        [line] = _json_lines(capsys.readouterr().err)
+        assert set(line) == BASE_KEYS | {"exit_status"}
+        assert line["level"] == "ERROR" and line["logger"] == "kpsbot"
+        assert (line["message"], line["exit_status"]) == ("Slack failed: ratelimited", 1)
+
+        setup_logging("WARNING", [])
+        emit_failure("Slack failed: ratelimited", 1)
+        assert capsys.readouterr().err == "kpsbot: Slack failed: ratelimited\n"
+    finally:
+        root.handlers[:], level, sys.excepthook = saved
+        root.setLevel(level)
+
+
+# -- the real program ----------------------------------------------------------------------------
+
+
+def run_kpsbot(args: list[str], cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK"))}
+    return subprocess.run(
+        [sys.executable, "-m", "kpsbot", *args],
+        cwd=cwd,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_settings_error_is_one_json_line(tmp_path):
+    env = {"KPSBOT_LOG_FORMAT": "json", "KPSBOT_PAGE_SIZE": "500", "KPS_PROJECT_ID": "p1"}
+    result = run_kpsbot(["tasks"], tmp_path, env)
+    assert result.returncode == 2
+    [line] = _json_lines(result.stderr)
+    assert set(line) == BASE_KEYS | {"exit_status"}
+    assert (line["level"], line["logger"], line["exit_status"]) == ("ERROR", "kpsbot", 2)
+    assert line["message"] == "KPSBOT_PAGE_SIZE must be between 1 and 40, e.g. KPSBOT_PAGE_SIZE=10"
+
+
+def test_log_format_from_env_file_applies_to_a_settings_error(tmp_path):
+    (tmp_path / ".env").write_text("KPSBOT_LOG_FORMAT=JSON\nKPS_REGION=Atlantis\n")
+    (tmp_path / ".env").chmod(0o600)
+    result = run_kpsbot(["tasks"], tmp_path, {})
+    assert result.returncode == 2
+    [line] = _json_lines(result.stderr)
+    assert "KPS_REGION" in line["message"] and line["exit_status"] == 2
+
+
+def test_malformed_log_format_is_reported_in_plain_text(tmp_path):
+    result = run_kpsbot(["tasks"], tmp_path, {"KPSBOT_LOG_FORMAT": "yaml"})
+    assert result.returncode == 2
+    assert result.stderr == "kpsbot: KPSBOT_LOG_FORMAT must be one of text, json\n"
+
+
+def test_text_format_settings_error_is_unchanged(tmp_path):
+    result = run_kpsbot(["tasks"], tmp_path, {"KPSBOT_PAGE_SIZE": "500"})
+    assert result.returncode == 2
+    assert result.stderr == "kpsbot: KPSBOT_PAGE_SIZE must be between 1 and 40, e.g. KPSBOT_PAGE_SIZE=10\n"
