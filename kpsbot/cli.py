@@ -277,6 +277,7 @@ def tasks(
 ) -> None:
     """Print the key-pair tasks running now, in every configured project (or one)."""
     from kpsbot.kps.listing import Source, list_all, list_page
+    from kpsbot.logs import emit_failure
     from kpsbot.tables import render_task_table
 
     settings = ctx.require("kps")
@@ -312,7 +313,7 @@ def tasks(
             )
         )
     for name, error in listing.errors.items():
-        click.echo(f"kpsbot: project {name}: {error}", err=True)
+        emit_failure(f"project {name}: {error}", EXIT_FAILED)
     if listing.errors:
         sys.exit(EXIT_FAILED)
 

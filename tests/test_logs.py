@@ -209,3 +209,22 @@ def test_text_format_settings_error_is_unchanged(tmp_path):
     result = run_kpsbot(["tasks"], tmp_path, {"KPSBOT_PAGE_SIZE": "500"})
     assert result.returncode == 2
     assert result.stderr == "kpsbot: KPSBOT_PAGE_SIZE must be between 1 and 40, e.g. KPSBOT_PAGE_SIZE=10\n"
+
+
+def test_unreachable_kps_every_stderr_line_is_json_without_credentials(tmp_path):
+    ak, sk = "AKJSONLOGTEST0001", 'sk-json"log\\test-0001'
+    env = {
+        "KPS_ENDPOINT": "http://127.0.0.1:9",
+        "KPS_PROJECT_ID": "p1",
+        "CLOUD_SDK_AK": ak,
+        "CLOUD_SDK_SK": sk,
+        "KPSBOT_LOG_FORMAT": "json",
+        "KPSBOT_LOG_LEVEL": "DEBUG",
+    }
+    result = run_kpsbot(["tasks"], tmp_path, env)
+    assert result.returncode == 1
+    lines = _json_lines(result.stderr)
+    assert any("cannot reach KPS" in line["message"] for line in lines)
+    for secret in (ak, sk):
+        for form in (secret, json.dumps(secret)[1:-1]):
+            assert form not in result.stderr
