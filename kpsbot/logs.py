@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timezone
+from types import TracebackType
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -82,7 +84,10 @@ def log_context(
 
 
 def setup_logging(level: str, secrets: Iterable[str | None], fmt: str = "text") -> None:
-    """Every record to stderr, `fmt` "text" (`FORMAT`) or "json" (`JsonFormatter`), secrets masked."""
+    """Every record to stderr, `fmt` "text" (`FORMAT`) or "json" (`JsonFormatter`), secrets masked.
+
+    In JSON an uncaught exception is logged as one record too, rather than printed as a bare traceback.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else RedactingFormatter(secrets))
     root = logging.getLogger()
@@ -90,6 +95,7 @@ def setup_logging(level: str, secrets: Iterable[str | None], fmt: str = "text") 
     root.setLevel(level)
     # urllib3 logs full URLs with query strings at DEBUG; keep its chatter down.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
+    _set_excepthooks(fmt == "json")
 
 
 def json_active() -> bool:
@@ -104,3 +110,34 @@ def emit_failure(message: str, exit_status: int) -> None:
         logging.getLogger("kpsbot").error(message, extra={"exit_status": exit_status})
     else:
         print(f"kpsbot: {message}", file=sys.stderr, flush=True)
+
+
+# -- uncaught exceptions in JSON ------------------------------------------------------------
+
+_replaced_hooks: list = []  # the sys and threading excepthooks that ours stand in for
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str = ""
+) -> None:
+    logging.getLogger("kpsbot").critical(
+        "unhandled %s%s", exc_type.__name__, where, exc_info=(exc_type, exc, tb)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or isinstance(args.exc_value, SystemExit):
+        threading.__excepthook__(args)  # Python's own: silent for SystemExit
+        return
+    where = f" in thread {args.thread.name}" if args.thread else ""
+    _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback, where)
+
+
+def _set_excepthooks(json_lines: bool) -> None:
+    """Ours in JSON; in text, whichever hooks were there before ours again."""
+    ours = sys.excepthook is _log_uncaught
+    if json_lines and not ours:
+        _replaced_hooks[:] = [sys.excepthook, threading.excepthook]
+        sys.excepthook, threading.excepthook = _log_uncaught, _log_uncaught_in_thread
+    elif not json_lines and ours:
+        sys.excepthook, threading.excepthook = _replaced_hooks

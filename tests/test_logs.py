@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -55,6 +56,17 @@ def test_short_values_are_not_masked_and_longest_secret_wins():
 
 
 # -- JSON lines ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging():
+    """setup_logging changes process-wide state: put it back after the test."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.excepthook, threading.excepthook
+    yield
+    root.handlers[:], level, sys.excepthook, threading.excepthook = saved
+    root.setLevel(level)
+
 
 BASE_KEYS = {"time", "level", "logger", "message"}
 
@@ -126,43 +138,51 @@ def test_json_masks_secrets_and_stays_valid(secret):
     assert secret not in json.dumps(lines)
 
 
-def test_setup_logging_picks_the_format(capsys):
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, sys.excepthook
+def test_setup_logging_picks_the_format(capsys, restore_logging):
+    setup_logging("INFO", ["hunter2-secret"], fmt="json")
+    assert json_active()
+    logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
+    [line] = _json_lines(capsys.readouterr().err)
+    assert line["message"] == "token ***" and line["channel"] == "C1"
+
+    setup_logging("INFO", ["hunter2-secret"])
+    assert not json_active()
+    logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO kpsbot\.x: token \*\*\*\n", err)
+
+
+def test_emit_failure_is_a_json_record_or_the_plain_line(capsys, restore_logging):
+    setup_logging("WARNING", [], fmt="json")
+    emit_failure("Slack failed: ratelimited", 1)
+    [line] = _json_lines(capsys.readouterr().err)
+    assert set(line) == BASE_KEYS | {"exit_status"}
+    assert line["level"] == "ERROR" and line["logger"] == "kpsbot"
+    assert (line["message"], line["exit_status"]) == ("Slack failed: ratelimited", 1)
+
+    setup_logging("WARNING", [])
+    emit_failure("Slack failed: ratelimited", 1)
+    assert capsys.readouterr().err == "kpsbot: Slack failed: ratelimited\n"
+
+
+def test_json_uncaught_exceptions_are_records_and_text_restores_the_hooks(capsys, restore_logging):
+    before = sys.excepthook, threading.excepthook
+    setup_logging("INFO", ["hunter2-secret"], fmt="json")
     try:
-        setup_logging("INFO", ["hunter2-secret"], fmt="json")
-        assert json_active()
-        logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
-        [line] = _json_lines(capsys.readouterr().err)
-        assert line["message"] == "token ***" and line["channel"] == "C1"
+        raise KeyError("hunter2-secret")
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    worker = threading.Thread(target=lambda: 1 / 0, name="poller")
+    worker.start()
+    worker.join()
+    main, thread = _json_lines(capsys.readouterr().err)
+    assert (main["level"], main["logger"], main["message"]) == ("CRITICAL", "kpsbot", "unhandled KeyError")
+    assert main["exception"].endswith("KeyError: '***'")
+    assert thread["message"] == "unhandled ZeroDivisionError in thread poller"
+    assert "ZeroDivisionError" in thread["exception"]
 
-        setup_logging("INFO", ["hunter2-secret"])
-        assert not json_active()
-        logging.getLogger("kpsbot.x").info("token hunter2-secret", extra=log_context(channel="C1"))
-        err = capsys.readouterr().err
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO kpsbot\.x: token \*\*\*\n", err)
-    finally:
-        root.handlers[:], level, sys.excepthook = saved
-        root.setLevel(level)
-
-
-def test_emit_failure_is_a_json_record_or_the_plain_line(capsys):
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, sys.excepthook
-    try:
-        setup_logging("WARNING", [], fmt="json")
-        emit_failure("Slack failed: ratelimited", 1)
-        [line] = _json_lines(capsys.readouterr().err)
-        assert set(line) == BASE_KEYS | {"exit_status"}
-        assert line["level"] == "ERROR" and line["logger"] == "kpsbot"
-        assert (line["message"], line["exit_status"]) == ("Slack failed: ratelimited", 1)
-
-        setup_logging("WARNING", [])
-        emit_failure("Slack failed: ratelimited", 1)
-        assert capsys.readouterr().err == "kpsbot: Slack failed: ratelimited\n"
-    finally:
-        root.handlers[:], level, sys.excepthook = saved
-        root.setLevel(level)
+    setup_logging("INFO", [])
+    assert (sys.excepthook, threading.excepthook) == before
 
 
 # -- the real program ----------------------------------------------------------------------------
