@@ -22,9 +22,7 @@ from kpsbot.logs import (
 )
 
 
-def _emit(
-    formatter: logging.Formatter, *args, exc: Exception | None = None, extra: dict | None = None
-) -> str:
+def _emit(formatter: logging.Formatter, *args, exc: Exception | None = None, **kwargs) -> str:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
@@ -32,12 +30,12 @@ def _emit(
     logger.handlers[:] = [handler]
     logger.propagate = False
     if exc is None:
-        logger.warning(*args, extra=extra)
+        logger.warning(*args, **kwargs)
     else:
         try:
             raise exc
         except Exception:
-            logger.exception(*args, extra=extra)
+            logger.exception(*args, **kwargs)
     return stream.getvalue()
 
 
@@ -109,6 +107,12 @@ def test_json_exception_is_one_field_on_one_line():
     assert line["level"] == "ERROR" and line["message"] == "poll failed"
     assert line["exception"].startswith("Traceback (most recent call last):\n")
     assert line["exception"].endswith("RuntimeError: line one\nline two")
+
+
+def test_json_stack_info_is_one_field():
+    [line] = _json_lines(_emit(JsonFormatter([]), "where am I", stack_info=True))
+    assert set(line) == BASE_KEYS | {"stack"}
+    assert line["stack"].startswith("Stack (most recent call last):\n")
 
 
 @pytest.mark.parametrize(
