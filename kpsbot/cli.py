@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from kpsbot import __version__
-from kpsbot.settings import Settings, SettingsError, load_settings
+from kpsbot.settings import Settings, SettingsError, log_format_from, read_environment, settings_from
 
 if TYPE_CHECKING:
     import requests
@@ -39,7 +39,9 @@ log = logging.getLogger("kpsbot")
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"kpsbot: {message}", err=True)
+    from kpsbot.logs import emit_failure
+
+    emit_failure(message, code)
     sys.exit(code)
 
 
@@ -52,9 +54,11 @@ class Context:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            env = read_environment()
             try:
-                self._settings = load_settings()
+                self._settings = settings_from(env)
             except SettingsError as exc:
+                _setup_failure_logging(env)
                 fail(str(exc), EXIT_USAGE)
             setup_logging(self._settings)
         return self._settings
@@ -73,7 +77,17 @@ def setup_logging(settings: Settings, *, level: str | None = None) -> None:
     from kpsbot.logs import setup_logging as setup
     from kpsbot.settings import SECRETS
 
-    setup(level or settings.log_level, [getattr(settings, name) for name in SECRETS])
+    setup(level or settings.log_level, [getattr(settings, name) for name in SECRETS], settings.log_format)
+
+
+def _setup_failure_logging(env: dict[str, str]) -> None:
+    """A settings error is written in KPSBOT_LOG_FORMAT too, unless that setting is the malformed one."""
+    from kpsbot.logs import setup_logging as setup
+
+    try:
+        setup("ERROR", [], log_format_from(env))
+    except SettingsError:
+        pass
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
@@ -318,6 +332,7 @@ def tasks(
 ) -> None:
     """Print the key-pair tasks running now, in every configured project (or one)."""
     from kpsbot.kps.listing import Source, list_all, list_page
+    from kpsbot.logs import emit_failure
     from kpsbot.tables import render_task_table
 
     settings = ctx.require("kps")
@@ -353,7 +368,7 @@ def tasks(
             )
         )
     for name, error in listing.errors.items():
-        click.echo(f"kpsbot: project {name}: {error}", err=True)
+        emit_failure(f"project {name}: {error}", EXIT_FAILED)
     if listing.errors:
         sys.exit(EXIT_FAILED)
 

@@ -344,6 +344,15 @@ def _endpoint(env: Mapping[str, str], name: str, default: str, projects: tuple[P
     return template
 
 
+def log_format_from(env: Mapping[str, str]) -> str:
+    """KPSBOT_LOG_FORMAT alone, so that a reason for stopping is written in it even when another
+    setting is malformed."""
+    log_format = (_str(env, "KPSBOT_LOG_FORMAT") or "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise SettingsError(f"KPSBOT_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    return log_format
+
+
 def settings_from(env: Mapping[str, str]) -> Settings:
     region = _str(env, "KPS_REGION")
     if region and not REGION_RE.match(region):
@@ -352,9 +361,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     level = (_str(env, "KPSBOT_LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise SettingsError(f"KPSBOT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
-    log_format = (_str(env, "KPSBOT_LOG_FORMAT") or "text").lower()
-    if log_format not in LOG_FORMATS:
-        raise SettingsError(f"KPSBOT_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    log_format = log_format_from(env)
     channel = _str(env, "KPSBOT_CHANNEL")
     if channel and not re.fullmatch(r"[CGD][A-Z0-9]+", channel):
         raise SettingsError(
