@@ -158,3 +158,103 @@ def test_unreachable_slack_exits_1_naming_slack(backends, tmp_path):
     )
     assert result.returncode == 1, result.stderr
     assert "cannot reach Slack" in result.stderr and "Traceback" not in result.stderr
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics answer, parsed by prometheus-client's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_move_with_commands_polls_and_notifications(backends, tmp_path):
+    sim, sim_url, fake = backends
+    port = free_port()
+    env = environment(sim_url, fake, PORT=str(port), KPSBOT_CHANNEL="C0RUN", KPSBOT_POLL_SECONDS="1")
+    process = start(env, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        first = requests.get(f"{url}/metrics", timeout=5)
+        assert first.status_code == 200 and first.headers["Content-Type"].startswith("text/plain")
+        samples = metric_samples(first.text)
+        for reason in ("rateLimited", "serverError", "clientError", "authError", "other"):
+            assert (("kpsbot_notifications_failed_total", (("reason", reason),))) in samples  # there at 0
+        bot = Bot(url, sim, fake)
+        bot.command("", name="m1")
+        bot.reply("m1")
+        bot.command("help", name="m2")
+        fake.fail_next(1, status=429, retry_after=12, method="chat.postMessage")  # longer than a call waits
+        sim.add_task(server_name="metrics-1")
+        fake.wait_for_calls("chat.postMessage", 2, timeout=40)  # the baseline, then the start
+
+        def counted() -> dict | None:
+            now = metric_samples(requests.get(f"{url}/metrics", timeout=5).text)
+            started = now.get(("kpsbot_notifications_total", (("kind", "started"),)), 0)
+            return now if started >= 1 else None
+
+        samples = wait_until(counted, timeout=40, what="the start counted")
+    finally:
+        code, _ = stop_within(process, signal.SIGTERM)
+    text = first.text + str(samples)
+    assert code == 0
+    assert samples[("kpsbot_commands_total", (("result", "ok"),))] == 1
+    assert samples[("kpsbot_commands_total", (("result", "help"),))] == 1
+    assert samples[("kpsbot_polls_total", (("project", PROJECT), ("result", "ok")))] >= 2
+    assert samples[("kpsbot_running_tasks", (("project", PROJECT),))] == 13
+    assert samples[("kpsbot_notifications_total", (("kind", "baseline"),))] == 1
+    assert samples[("kpsbot_notifications_failed_total", (("reason", "rateLimited"),))] == 1
+    assert samples[("kpsbot_kps_requests_total", (("endpoint", "running-tasks"), ("status", "2xx")))] >= 2
+    assert samples[("kpsbot_watcher_leader", ())] == 1 and ("kpsbot_outbox_pending", ()) in samples
+    assert samples[("kpsbot_poll_duration_seconds_count", (("project", PROJECT),))] >= 2
+    for secret in ("xoxb-run", SECRET, "AK", "SK"):
+        assert f'"{secret}"' not in text
+    assert "metrics-1" not in text  # no server names in labels
+
+
+def test_the_watcher_alone_serves_healthz_and_metrics_on_port(backends, tmp_path):
+    sim, sim_url, fake = backends
+    port = free_port()
+    env = environment(sim_url, fake, KPSBOT_POLL_SECONDS="1", PORT=str(port))
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET"):
+        del env[name]
+    process = start(env, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_until(
+            lambda: (h := wait_healthy(url, process))["last_successful_poll"] and h, timeout=20
+        )
+        assert health["mode"] == "watcher" and health["projects"][PROJECT]["resolved"]
+        samples = metric_samples(requests.get(f"{url}/metrics", timeout=5).text)
+        assert samples[("kpsbot_polls_total", (("project", PROJECT), ("result", "ok")))] >= 1
+        assert requests.post(f"{url}/slack/events", data="x", timeout=5).status_code == 404
+    finally:
+        code, _ = stop_within(process, signal.SIGTERM)
+    assert code == 0, process.stderr.read()
+
+
+def test_the_home_tab_is_published_when_opened(backends, tmp_path):
+    from support.fake_slack import assert_valid_view
+
+    sim, sim_url, fake = backends
+    port = free_port()
+    process = start(environment(sim_url, fake, PORT=str(port), KPSBOT_CHANNEL="C0RUN"), tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: (h := wait_healthy(url, process))["last_successful_poll"] and h, timeout=20)
+        bot = Bot(url, sim, fake)
+        answer = bot.event({"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home"})
+        assert answer.status == 200
+        [call] = fake.wait_for_calls("views.publish", 1, timeout=15)
+    finally:
+        code, _ = stop_within(process, signal.SIGTERM)
+    assert code == 0
+    view = call["args"]["view"]
+    assert_valid_view(view)
+    assert call["args"]["user_id"] == "U1"
+    text = str(view)
+    assert PROJECT in text and "C0RUN" in text
