@@ -889,8 +889,9 @@ class Store:
                 ).fetchall()
             for task_id, task_time, channel in rows:
                 key = (task_id, task_time or "")
-                if key in wanted and (channel or fixed):
-                    found.setdefault(key, set()).add(channel or fixed)
+                target = channel or fixed
+                if key in wanted and target:
+                    found.setdefault(key, set()).add(target)
         return {key: frozenset(channels) for key, channels in found.items()}
 
     def thread(self, project: str, task_id: str, task_time: str, channel: str) -> str | None:
@@ -1016,7 +1017,8 @@ class Store:
     def subscriptions(
         self, channel: str | None = None, *, ids: Sequence[int] | None = None
     ) -> list[Subscription]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if channel is not None:
             where.append("channel = ?")
             params.append(channel)
@@ -1053,7 +1055,8 @@ class Store:
     # -- polls and events (also what /healthz and the Home tab read) --------------------------------
 
     def last_poll(self, project: str | None = None, *, ok: bool | None = None) -> PollRecord | None:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if project is not None:
             where.append("project = ?")
             params.append(project)

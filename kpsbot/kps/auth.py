@@ -135,21 +135,21 @@ class AkSkAuth(requests.auth.AuthBase):
         return f"AkSkAuth(ak='***', project_id={self.project_id!r})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        parts = urlsplit(request.url)
+        parts = urlsplit(request.url or "")
         # Only the headers we control are signed: requests adds User-Agent, Accept etc.,
         # and a proxy may rewrite them.
-        to_sign = {"Host": parts.netloc, "X-Sdk-Date": self._clock().strftime(DATE_FORMAT)}
-        project = request.headers.get("X-Project-Id") or self.project_id
+        to_sign: dict[str, str] = {"Host": parts.netloc, "X-Sdk-Date": self._clock().strftime(DATE_FORMAT)}
+        header = request.headers.get("X-Project-Id")
+        project = (header.decode() if isinstance(header, bytes) else header) or self.project_id
         if project:
             to_sign["X-Project-Id"] = project
         if self._security_token:
             to_sign["X-Security-Token"] = self._security_token
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode()
+        raw = request.body or b""
+        body = raw.encode() if isinstance(raw, str) else raw if isinstance(raw, bytes) else b""
         request.headers.update(to_sign)
         request.headers["Authorization"] = sign_headers(
-            request.method or "GET", request.url, to_sign, self.ak, self._sk, body
+            request.method or "GET", request.url or "", to_sign, self.ak, self._sk, body
         )
         return request
 

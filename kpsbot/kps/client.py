@@ -280,13 +280,18 @@ class KpsClient(ApiClient):
                 log.warning("skipping a running-tasks row that cannot be parsed: %s", problem)
         return index
 
-    def _collect(self, resource: str, model: type, page_size: int) -> TaskPage:
+    def _collect(self, resource: str, model: type[RunningTask], page_size: int) -> TaskPage:
         skipped: list = []
         tasks = list(self._walk(resource, model, page_size, skipped, prefetch=PREFETCH_PAGES))
         return TaskPage(total=len(tasks), tasks=tasks, skipped=skipped)
 
     def _walk(
-        self, resource: str, model: type, page_size: int, skipped: list | None = None, prefetch: int = 0
+        self,
+        resource: str,
+        model: type[RunningTask],
+        page_size: int,
+        skipped: list | None = None,
+        prefetch: int = 0,
     ) -> Iterator[Any]:
         # Offset paging over a list that changes underneath can repeat entries: keep the first.
         seen: set[str] = set()
@@ -342,12 +347,12 @@ class KpsClient(ApiClient):
 
     # -- pages ----------------------------------------------------------------------
 
-    def _page(self, resource: str, model: type, limit: int, offset: int) -> TaskPage:
+    def _page(self, resource: str, model: type[RunningTask], limit: int, offset: int) -> TaskPage:
         total, rows = self._rows(resource, limit, offset)
         return self._parse(resource, model, total, rows)
 
     @staticmethod
-    def _parse(resource: str, model: type, total: int, rows: list) -> TaskPage:
+    def _parse(resource: str, model: type[RunningTask], total: int, rows: list) -> TaskPage:
         tasks, skipped = [], []
         for row in rows:
             try:
