@@ -1,38 +1,45 @@
-"""Soak: KPS churns tasks while KPS and Slack fail ~20% of calls and `kpsbot run` is SIGKILLed and restarted.
+"""Soak: three projects churn tasks while KPS and Slack fail ~20% of calls and `kpsbot run` is SIGKILLed
+every few minutes (and restarted cleanly once); three channels hear it through different subscriptions.
 
-At the end every start and finish the simulator produced must be in Slack exactly once, with no
-fabricated notification. The one allowed exception is a kill between a successful Slack call and
-recording it; the duplicates that actually caused are counted and printed.
+At the end, per channel, every start, finish and stuck alert the simulator's transitions call for
+must be in Slack exactly once: nothing lost, nothing fabricated (a finish KPS never reported, a stuck
+alert for a task that never ran that long), no wrong outcome. The one allowed duplicate is a kill
+between a successful Slack call and recording it; those that happen are counted and printed.
 
-The CI version (default run) lasts about a minute; `pytest -m slow` runs the long one, where KPS
-timeouts are real (longer than the client's 15 s read timeout) and the outbox drains on its own
-back-off schedule instead of being fast-forwarded.
+The CI version (default run) lasts about a minute; `pytest -m slow` runs the long one (30 minutes of
+churn), where KPS timeouts are real (longer than the client's 15 s read timeout) and the outbox
+drains on its own back-off schedule instead of being fast-forwarded.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bot_process import AK, BOT_TOKEN, PROJECT, SK, bot_environment, wait_until
-from channel import CHANNEL, read_slack
-from support.fake_slack import FakeSlack
+from bot_process import AK, BOT_TOKEN, SK, bot_environment, wait_until
+from support.fake_slack import FakeSlack, assert_valid_message
+from support.slack_requests import Bot
 
 from kpsbot.simulator import Simulator, SimulatorServer
 
 OUTCOME_TEXT = {"succeeded": "succeeded", "failed": "failed", "unknown": "finished (outcome unknown)"}
+PROJECTS = ("cn-north-4", "cn-north-4_dev", "ap-southeast-1")  # names only: IDs looked up in IAM
+ALL, RESETS, FAILURES = "C0SOAKALL", "C0SOAKRESET", "C0SOAKFAIL"
+STUCK_MINUTES = 1
+TASK_FIELD = re.compile(r"\*Task\*\n`([^`]+)`")
 
 
 @dataclass(frozen=True)
 class SoakPlan:
-    churn_seconds: float  # tasks start at `rate` per second for this long
+    churn_seconds: float  # tasks start at `rate` per second per project for this long
     rate: float
     finish_after: tuple[float, float]  # longer than the longest gap without a poll (a kill + lease expiry)
     kills: int
@@ -43,26 +50,26 @@ class SoakPlan:
 
 
 CI = SoakPlan(
-    churn_seconds=25,
-    rate=3.0,
-    finish_after=(18.0, 22.0),
+    churn_seconds=30,
+    rate=0.8,
+    finish_after=(20.0, 75.0),  # some longer than STUCK_MINUTES: stuck alerts too
     kills=3,
     # A "timeout" here is a 0.5 s slow answer: real client timeouts (15 s each) would not fit in a
     # minute; the slow soak has them.
     kps_fault_kinds=("status", "nonjson", "timeout", "reset"),
     kps_timeout_seconds=0.5,
     fast_forward=True,
-    drain_seconds=45,
+    drain_seconds=60,
 )
 LONG = SoakPlan(
-    churn_seconds=240,
-    rate=2.0,
-    finish_after=(40.0, 90.0),
-    kills=8,
+    churn_seconds=1800,
+    rate=0.5,
+    finish_after=(40.0, 100.0),
+    kills=7,
     kps_fault_kinds=("status", "nonjson", "timeout", "reset"),
     kps_timeout_seconds=16.0,  # beyond the client's 15 s read timeout: a real timeout
     fast_forward=False,
-    drain_seconds=400,
+    drain_seconds=600,
 )
 
 
@@ -70,6 +77,7 @@ def fast_forward_outbox(db_path: Path) -> None:
     """Make every backed-off notification due now: the clock jump a long wait would give."""
     with sqlite3.connect(db_path, timeout=10) as conn:
         conn.execute("update outbox set next_attempt_at = 0 where status = 'pending'")
+        conn.execute("update channels set paused_until = null")
     conn.close()
 
 
@@ -81,51 +89,114 @@ def db_rows(db_path: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def observable(task: dict, polls: list[tuple[float, int]]) -> bool:
-    """Seen by at least one good poll while running; a task that lived between two polls cannot be."""
-    return any(task["start"] < at - ms / 1000 and at < task["finish"] for at, ms in polls)
+def task_id_of(message: dict) -> str | None:
+    for block in message.get("blocks") or []:
+        for field in block.get("fields") or []:
+            if match := TASK_FIELD.search(field.get("text", "")):
+                return match.group(1)
+    return None
+
+
+def read_channels(fake: FakeSlack) -> dict[str, dict]:
+    """What reached each channel, by meaning: starts, finishes (replies or standalone), stuck, edits."""
+    seen: dict[str, dict] = defaultdict(
+        lambda: {"starts": [], "finishes": [], "stuck": [], "edits": [], "other": Counter()}
+    )
+    for call in fake.calls:
+        args = call["args"]
+        if call["method"] == "chat.update":
+            seen[args["channel"]]["edits"].append(task_id_of(fake.messages[(args["channel"], args["ts"])]))
+            continue
+        if call["method"] != "chat.postMessage":
+            continue
+        assert_valid_message(args)
+        text, channel = args["text"], args["channel"]
+        parent = fake.messages.get((channel, args["thread_ts"])) if args.get("thread_ts") else None
+        task = task_id_of(parent) if parent is not None else task_id_of(args)
+        if " still running after " in text:
+            seen[channel]["stuck"].append((task, call["at"]))
+        elif parent is not None:  # a finished reply in the thread of the start message
+            seen[channel]["finishes"].append((task, text, call["at"]))
+        elif " started on " in text:
+            seen[channel]["starts"].append((task, call["at"]))
+        elif task:  # a standalone finished message (no start message in this channel)
+            seen[channel]["finishes"].append((task, text, call["at"]))
+        else:
+            seen[channel]["other"][" ".join(text.split(" ")[:3])] += 1
+    return seen
+
+
+def polled(task: dict, polls: list[tuple[float, int]], since: float, until: float) -> bool:
+    """Some good poll of the task's project saw it running between `since` and `until`."""
+    return any(since < at - ms / 1000 and at < until for at, ms in polls)
+
+
+def subscribe(bot: Bot, text: str, channel: str, name: str) -> None:
+    bot.command(f"subscribe {text}".strip(), channel=channel, name=name)
+    wait_until(
+        lambda: [c for c in bot.fake.calls_to("chat.postMessage") if c["args"]["channel"] == channel], 15
+    )
 
 
 def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
     rng = random.Random(seed)
     db_path = tmp_path / "soak.db"
-    sim = Simulator(project_id=PROJECT, ak=AK, sk=SK, seed=seed, rate=0.0, finish_after=plan.finish_after)
+    sims = [
+        Simulator(name=name, ak=AK, sk=SK, seed=f"{seed}:{name}", rate=0.0, finish_after=plan.finish_after)
+        for name in PROJECTS
+    ]
     fake = FakeSlack(bot_token=BOT_TOKEN, seed=seed)
     fake.fault_methods = ("chat.postMessage", "chat.update")  # auth.test at start-up stays reliable
-    with SimulatorServer(sim) as server, fake:
+    with SimulatorServer(sims) as server, fake:
         env = bot_environment(
             server.url,
             fake.url,
-            KPSBOT_CHANNEL=CHANNEL,
+            KPS_PROJECTS=",".join(PROJECTS),
+            KPS_ENDPOINT=f"{server.url}/{{region}}",
+            KPS_IAM_ENDPOINT=f"{server.url}/{{region}}",
+            KPSBOT_CHANNEL=ALL,
             KPSBOT_POLL_SECONDS="1",
             KPSBOT_BURST="1000",  # one message per task, so each can be counted
+            KPSBOT_STUCK_MINUTES=str(STUCK_MINUTES),
             KPSBOT_DB=str(db_path),
         )
+        env.pop("KPS_PROJECT_ID", None)
         bot = launch(env, "soak")
         bot.wait_healthy()
-        wait_until(lambda: (bot.health() or {}).get("last_successful_poll"), 20, "the baseline poll")
+        wait_until(lambda: (bot.health() or {}).get("last_successful_poll"), 30, "the baseline poll")
+        slack_bot = Bot(bot.url, None, fake)
+        subscribe(slack_bot, "cn-north-4 cn-north-4_dev reset", RESETS, "sub-resets")
+        subscribe(slack_bot, "failures", FAILURES, "sub-failures")
+        subscribed = time.time()
 
-        sim.fault_kinds = plan.kps_fault_kinds
-        sim.timeout_seconds = plan.kps_timeout_seconds
-        sim.fault_ratio = 0.2
+        for sim in sims:
+            sim.fault_kinds = plan.kps_fault_kinds
+            sim.fault_statuses = (500, 502, 503, 429)  # 429 answers APIG.0308, API Gateway's throttling
+            sim.timeout_seconds = plan.kps_timeout_seconds
+            sim.fault_ratio = 0.2
+            sim.rate = plan.rate
         fake.fault_ratio = 0.2  # 429 with Retry-After 1, HTTP 500, ok:false internal_error
-        sim.rate = plan.rate
         begun = time.monotonic()
-        # Kills at random moments, one in each equal slice of the churn (so no two kills overlap a lease).
+        # Kills at random moments, one in each equal slice of the churn; the middle one is a clean stop.
         slice_len = plan.churn_seconds / plan.kills
         kill_at = [i * slice_len + rng.uniform(1.0, slice_len * 0.6) for i in range(plan.kills)]
-        kills = 0
-        for moment in kill_at:
+        kills = clean = 0
+        for n, moment in enumerate(kill_at):
             time.sleep(max(0.0, begun + moment - time.monotonic()))
-            bot.kill()
-            kills += 1
+            if n == plan.kills // 2:
+                assert bot.stop(signal.SIGTERM) == 0, bot.output()[-3000:]
+                clean += 1
+            else:
+                bot.kill()
+                kills += 1
             bot = launch(env, "soak")
         time.sleep(max(0.0, begun + plan.churn_seconds - time.monotonic()))
 
-        sim.rate = 0.0  # no new starts; the running ones finish on schedule
+        for sim in sims:
+            sim.rate = 0.0  # no new starts; the running ones finish on schedule
         wait_until(
-            lambda: (sim.tick() or True) and sim.counts()["running"] == 0,
-            plan.finish_after[1] + 5,
+            lambda: all((s.tick() or True) and s.counts()["running"] == 0 for s in sims),
+            plan.finish_after[1] + 10,
             "every task to finish",
         )
         since = time.time()
@@ -134,87 +205,175 @@ def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
             if plan.fast_forward:
                 fast_forward_outbox(db_path)
             health = bot.health() or {}
-            last = db_rows(db_path, "select max(at) from polls where ok = 1")[0][0] or 0
+            polls = db_rows(db_path, "select project, max(at) from polls where ok = 1 group by project")
             running = db_rows(db_path, "select count(*) from tasks where state = 'running'")[0][0]
-            return last > since and running == 0 and health.get("pending_notifications") == 0
+            return (
+                len(polls) == len(PROJECTS)
+                and all(at > since for _, at in polls)
+                and running == 0
+                and health.get("pending_notifications") == 0
+            )
 
         try:  # first drain through the faults, then heal them for whatever is left
-            wait_until(drained, 10, "the outbox to drain while KPS and Slack still fail")
+            wait_until(drained, 15, "the outbox to drain while KPS and Slack still fail")
         except AssertionError:
             pass
         faulty_calls = len(fake.calls) + len(fake.failed_calls)
-        sim.clear_faults()
+        for sim in sims:
+            sim.clear_faults()
         fake.fault_ratio = 0.0
         since = time.time()
         wait_until(drained, plan.drain_seconds, "the outbox to drain")
         health = bot.health()
         assert bot.stop(signal.SIGTERM) == 0, bot.output()[-3000:]
 
-        transitions = sim.transitions()
-        polls = db_rows(db_path, "select at, duration_ms from polls where ok = 1")
+        ids = dict(db_rows(db_path, "select name, id from projects"))
+        by_id = {v: k for k, v in ids.items()}
+        polls: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        for project, at, ms in db_rows(db_path, "select project, at, duration_ms from polls where ok = 1"):
+            polls[by_id.get(project, project)].append((at, ms))
         outbox = Counter(
             row[0] for row in db_rows(db_path, "select status from outbox where kind != 'baseline'")
         )
-        slack = read_slack(fake)
+        transitions = {sim.name: sim.transitions() for sim in sims}
+        # Each task's final status names its action (SUCCESS_RESET, FAILED_UNBIND, …).
+        operate = {t["task_id"]: sim.status(t["task_id"]) or "" for sim in sims for t in sim.transitions()}
+        seen = read_channels(fake)
         slack_attempts = len(fake.calls) + len(fake.failed_calls)
         slack_failures = len(fake.failed_calls)
-        kps_requests = sim.requests
+        kps_requests = sum(sim.requests for sim in sims)
         outputs = "".join(path.read_text(errors="replace") for path in tmp_path.glob("soak-*.err"))
 
     tasks: dict[str, dict] = {}
-    for t in transitions:
-        entry = tasks.setdefault(t["task_id"], {"start": None, "finish": float("inf"), "outcome": None})
-        if t["kind"] == "started":
-            entry["start"] = t["at"]
-        else:
-            entry["finish"], entry["outcome"] = t["at"], t["outcome"]
-    unseen = {task_id for task_id, t in tasks.items() if not observable(t, polls)}
-    expected = set(tasks) - unseen
-
-    started = Counter(task_id for task_id, _ in slack["starts"])
-    finished = Counter(task_id for task_id, _, _ in slack["finishes"])
-    edits = Counter(slack["edits"])
-    early = [
+    for project, events in transitions.items():
+        for t in events:
+            entry = tasks.setdefault(
+                t["task_id"],
+                {
+                    "project": project,
+                    "start": None,
+                    "finish": float("inf"),
+                    "outcome": None,
+                    "time": t["task_time"],
+                },
+            )
+            if t["kind"] == "started":
+                entry["start"] = t["at"]
+            else:
+                entry["finish"], entry["outcome"] = t["at"], t["outcome"]
+    observable = {
+        task_id for task_id, t in tasks.items() if polled(t, polls[t["project"]], t["start"], t["finish"])
+    }
+    # Stuck: a good poll saw it running at least STUCK_MINUTES after its task_time (2 s of slack each way).
+    threshold = STUCK_MINUTES * 60
+    surely_stuck = {
         task_id
-        for task_id, _, at in slack["finishes"]
-        if task_id in tasks and at < tasks[task_id]["finish"] - 0.01
-    ]
-    wrong_outcome = [
-        (task_id, text)
-        for task_id, text, _ in slack["finishes"]
-        if task_id in tasks and not text.endswith(OUTCOME_TEXT[tasks[task_id]["outcome"]])
-    ]
-    unknown_outcome = [task_id for task_id, text in wrong_outcome if text.endswith(OUTCOME_TEXT["unknown"])]
-    figures = {
+        for task_id, t in tasks.items()
+        if polled(t, polls[t["project"]], int(t["time"]) / 1000 + threshold + 2, t["finish"] - 2)
+    }
+    maybe_stuck = {
+        task_id for task_id, t in tasks.items() if t["finish"] - int(t["time"]) / 1000 >= threshold - 2
+    }
+
+    def wanted(channel: str, task_id: str) -> bool:
+        t = tasks[task_id]
+        if channel == RESETS:
+            kind = operate.get(task_id, "")
+            return t["project"] in ("cn-north-4", "cn-north-4_dev") and kind.endswith("RESET")
+        return True
+
+    figures: dict = {
         "plan": plan.__dict__,
         "seed": seed,
         "kills": kills,
+        "clean_restarts": clean,
         "kps_requests": kps_requests,
         "slack_attempts": slack_attempts,
         "slack_failures": slack_failures,
         "slack_attempts_while_failing": faulty_calls,
-        "transitions": {"started": len(tasks), "finished": sum(1 for t in tasks.values() if t["outcome"])},
-        "unobservable_tasks": len(unseen),
-        "delivered": {"started": sum(started.values()), "finished": sum(finished.values())},
-        "edits": sum(edits.values()),
-        "lost": {
-            "started": sorted(expected - set(started)),
-            "finished": sorted(expected - set(finished)),
+        "transitions": {
+            "started": len(tasks),
+            "finished": sum(1 for t in tasks.values() if t["outcome"]),
+            "failed": sum(1 for t in tasks.values() if t["outcome"] == "failed"),
+            "stuck": len(surely_stuck),
         },
-        "duplicates": {
-            "started": sum(n - 1 for n in started.values()),
-            "finished": sum(n - 1 for n in finished.values()),
-            "edits": sum(n - 1 for n in edits.values()),
-        },
-        "fabricated": sorted((set(started) | set(finished) | set(edits)) - set(tasks)),
-        "finished_before_finishing": early,
-        "outcome_unknown": len(unknown_outcome),
-        "outcome_wrong": [w for w in wrong_outcome if w[0] not in unknown_outcome],
-        "other_messages": dict(slack["other"]),
+        "unobservable_tasks": len(tasks) - len(observable),
+        "channels": {},
         "outbox": dict(outbox),
         "health": health,
         "tracebacks_in_logs": outputs.count("Traceback"),
     }
+    for channel in (ALL, RESETS, FAILURES):
+        got = seen[channel]
+        started = Counter(task_id for task_id, _ in got["starts"])
+        finished = Counter(task_id for task_id, _, _ in got["finishes"])
+        stuck = Counter(task_id for task_id, _ in got["stuck"])
+        edits = Counter(got["edits"])
+        # Tasks started before the channel subscribed are left out of its expectations.
+        known = {task_id for task_id in observable if tasks[task_id]["start"] >= subscribed or channel == ALL}
+        expect_starts = (
+            {task_id for task_id in known if wanted(channel, task_id)} if channel != FAILURES else set()
+        )
+        expect_finishes = {
+            task_id
+            for task_id in known
+            if wanted(channel, task_id) and (channel != FAILURES or tasks[task_id]["outcome"] == "failed")
+        }
+        expect_stuck = {task_id for task_id in surely_stuck & known if wanted(channel, task_id)}
+        outcome_wrong, outcome_unknown = [], []
+        for task_id, text, _ in got["finishes"]:
+            if task_id not in tasks:
+                continue
+            if text.endswith(OUTCOME_TEXT["unknown"]):
+                outcome_unknown.append(task_id)
+            elif not text.endswith(OUTCOME_TEXT[tasks[task_id]["outcome"]]):
+                outcome_wrong.append((task_id, text))
+        early = [
+            task_id
+            for task_id, _, at in got["finishes"]
+            if task_id in tasks and at < tasks[task_id]["finish"] - 0.01
+        ]
+        figures["channels"][channel] = {
+            "delivered": {
+                "started": sum(started.values()),
+                "finished": sum(finished.values()),
+                "stuck": sum(stuck.values()),
+            },
+            "expected": {
+                "started": len(expect_starts),
+                "finished": len(expect_finishes),
+                "stuck": len(expect_stuck),
+            },
+            "edits": sum(edits.values()),
+            "lost": {
+                "started": sorted(expect_starts - set(started)),
+                # a failure kpsbot could only report as "outcome unknown" is counted there, not here
+                "finished": sorted(expect_finishes - set(finished) - set(outcome_unknown)),
+                "stuck": sorted(expect_stuck - set(stuck)),
+            },
+            "duplicates": {
+                "started": sum(n - 1 for n in started.values()),
+                "finished": sum(n - 1 for n in finished.values()),
+                "stuck": sum(n - 1 for n in stuck.values()),
+                "edits": sum(n - 1 for n in edits.values()),
+            },
+            "fabricated": sorted(
+                (set(started) | set(finished) | set(edits)) - set(tasks)
+                | {t for t in stuck if t not in maybe_stuck}
+                | (
+                    {
+                        t
+                        for t in finished
+                        if channel == FAILURES and tasks.get(t, {}).get("outcome") != "failed"
+                    }
+                    - set(outcome_unknown)
+                )
+            ),
+            "finished_before_finishing": early,
+            "outcome_unknown": len(outcome_unknown),
+            "outcome_wrong": outcome_wrong,
+            "other_messages": dict(got["other"]),
+        }
     return figures
 
 
@@ -223,14 +382,17 @@ def check(figures: dict, tmp_path: Path, name: str) -> None:
     print(f"\nsoak figures ({name}):\n{text}")
     (tmp_path / f"{name}-figures.json").write_text(text)
     Path("/tmp").joinpath(f"kpsbot-{name}-figures.json").write_text(text)
-    assert figures["lost"] == {"started": [], "finished": []}, text
-    assert figures["fabricated"] == [] and figures["finished_before_finishing"] == [], text
-    assert figures["outcome_wrong"] == [], text
-    # The only allowed duplicates: a kill between a successful Slack call and recording it.
-    duplicates = figures["duplicates"]
-    assert duplicates["started"] + duplicates["finished"] + duplicates["edits"] <= figures["kills"], text
+    allowed = figures["kills"]  # a kill between a successful Slack call and recording it
+    duplicates = 0
+    for channel, c in figures["channels"].items():
+        assert c["lost"] == {"started": [], "finished": [], "stuck": []}, (channel, text)
+        assert c["fabricated"] == [] and c["finished_before_finishing"] == [], (channel, text)
+        assert c["outcome_wrong"] == [], (channel, text)
+        duplicates += sum(c["duplicates"].values())
+    assert duplicates <= allowed, text
     assert figures["unobservable_tasks"] <= 1, text  # finish_after is chosen to make this 0
     assert figures["transitions"]["started"] > 20 and figures["slack_failures"] > 5, text
+    assert figures["transitions"]["stuck"] > 0, text
     assert figures["outbox"].get("failed", 0) == 0, text
 
 
