@@ -1,3 +1,3 @@
 """kpsbot: a chat-ops Slack bot for Huawei Cloud KPS key-pair tasks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
