@@ -226,3 +226,19 @@ def test_an_iam_token_cannot_look_up_a_name():
 def test_project_id_without_region_needs_an_endpoint():
     with pytest.raises(SettingsError, match="KPS_REGION is not set"):
         settings_from({**AKSK, "KPS_PROJECT_ID": "p1"}).require_kps()
+
+
+def test_every_setting_read_is_in_env_example_and_the_readme():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    read = set(
+        re.findall(
+            r'"((?:KPS|KPSBOT|SLACK|CLOUD_SDK)_[A-Z_]+|PORT)"', (root / "kpsbot/settings.py").read_text()
+        )
+    )
+    example = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", (root / ".env.example").read_text(), re.MULTILINE))
+    readme = (root / "README.md").read_text()
+    assert read - {"HUAWEICLOUD_SDK_IAM_ENDPOINT"} <= example, sorted(read - example)
+    assert [name for name in sorted(read) if f"`{name}`" not in readme] == []
