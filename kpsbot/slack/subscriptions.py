@@ -10,7 +10,7 @@ from typing import Any
 from kpsbot.slack.blocks import render_notice
 from kpsbot.slack.kit import Message, context, message, section
 from kpsbot.slack.query import SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE, Query
-from kpsbot.slack.replies import send_notice
+from kpsbot.slack.replies import INTERNAL_ERROR, send_notice
 from kpsbot.slack.sender import CHANNEL, DeliveryFailure
 from kpsbot.slack.text import inline
 from kpsbot.store import Store, Subscription
@@ -72,6 +72,17 @@ class SubscriptionCommands:
     def answer(
         self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str | None
     ) -> None:
+        """Answer on a worker thread; any failure (the database, an unexpected Slack error) is a short
+        ephemeral error rather than silence, as for task pages."""
+        try:
+            self._answer(respond, query, user=user, channel=channel)
+        except Exception:
+            log.exception("cannot answer /kps-tasks %s (user %s, channel %s)", query.kind, user, channel)
+            send_notice(respond, render_notice(INTERNAL_ERROR))
+
+    def _answer(
+        self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str | None
+    ) -> None:
         if not channel:
             send_notice(
                 respond, render_notice(":warning: Subscriptions belong to a channel: run this in one.")
@@ -130,6 +141,9 @@ class SubscriptionCommands:
                     ),
                 )
             return
+        except Exception:
+            self.store.remove_subscriptions([subscription.id])  # not stored unless confirmed
+            raise
         log.info("channel %s subscribed by %s: %s (subscription %d)", channel, user, what, subscription.id)
 
     # -- subscriptions --------------------------------------------------------------

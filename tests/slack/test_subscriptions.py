@@ -3,10 +3,14 @@ the app served on loopback (as `kpsbot run` composes it), the KPS simulator and 
 
 from __future__ import annotations
 
+from unittest.mock import Mock
+
 import pytest
 from support.fake_slack import assert_valid_message
 
 from kpsbot.cli import Cloud, build_watcher, routes_for
+from kpsbot.slack.query import parse_command
+from kpsbot.slack.subscriptions import SubscriptionCommands
 from kpsbot.store import Store
 from kpsbot.watch.plan import Route
 
@@ -149,6 +153,26 @@ def test_user_text_in_a_filter_cannot_ping_anyone(start_bot):
     assert "&lt;!channel&gt; &amp; &lt;@U2&gt;" in shown({"text": "", "blocks": confirmation["blocks"]})
     listing = answer(bot, "subscriptions", name="list")
     assert "<!channel>" not in shown(listing) and "&lt;!channel&gt; &amp;" in shown(listing)
+
+
+@pytest.mark.parametrize("text", ["subscribe", "subscriptions", "unsubscribe all"])
+def test_a_database_failure_gets_a_short_error_not_silence(start_bot, text):
+    bot = start_bot(tasks=0)
+    bot.store.close()  # every store call now raises sqlite3.ProgrammingError
+    body = answer(bot, text, name="broken")
+    assert "Something went wrong inside kpsbot" in body["text"]
+    assert posts(bot) == []
+
+
+def test_a_confirmation_that_fails_unexpectedly_leaves_nothing_stored():
+    store = Store(":memory:")
+    respond = Mock()
+    commands = SubscriptionCommands(store, Mock(side_effect=RuntimeError("boom")))
+    commands.answer(respond, parse_command("subscribe reset"), user="U1", channel="C1")
+    assert store.subscriptions() == []
+    [reply] = respond.call_args_list
+    assert "Something went wrong inside kpsbot" in reply.kwargs["text"]
+    assert reply.kwargs["response_type"] == "ephemeral"
 
 
 # -- subscriptions ------------------------------------------------------------------------
