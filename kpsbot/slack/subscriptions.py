@@ -102,6 +102,8 @@ class SubscriptionCommands:
 
     def subscribe(self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str) -> None:
         what = describe(query.projects, query.actions, query.failed, query.text)
+        # `failures` lets through only failed finishes and stuck alerts (watch/plan.py Route.wants)
+        news = "failed finishes and stuck alerts" if query.failed else "starts, finishes and stuck alerts"
         subscription = self.store.add_subscription(
             channel,
             projects=query.projects,
@@ -118,8 +120,8 @@ class SubscriptionCommands:
                     f"*{inline(what, 600)}*"
                 ),
                 context(
-                    f"Subscription {subscription.id} · starts, finishes and stuck alerts from the next "
-                    "poll · `/kps-tasks subscriptions` lists them"
+                    f"Subscription {subscription.id} · {news} from the next poll · "
+                    "`/kps-tasks subscriptions` lists them"
                 ),
             ],
         )

@@ -114,6 +114,14 @@ def test_the_subscribe_grammar_through_the_app(
     assert stored(bot, "C1") == [("C1", projects, actions, failures, filter_text, "U1")]
 
 
+def test_a_failures_only_confirmation_does_not_promise_starts(start_bot):
+    everything = shown(subscribe(start_bot(tasks=0), "reset"))
+    assert "starts, finishes and stuck alerts from the next poll" in everything
+    failures = shown(subscribe(start_bot(tasks=0), "failures"))
+    assert "failed finishes and stuck alerts from the next poll" in failures
+    assert "starts" not in failures
+
+
 @pytest.mark.parametrize("error", ["not_in_channel", "channel_not_found", "is_archived"])
 def test_a_channel_the_bot_cannot_post_in_stores_nothing_and_says_invite_first(start_bot, error):
     bot = start_bot(tasks=0)
