@@ -180,12 +180,13 @@ class SubscriptionCommands:
         self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str
     ) -> None:
         mine = self.store.subscriptions(channel)
+        # KPSBOT_CHANNEL keeps getting everything whatever is removed here: say so rather than nothing.
+        extra = f" ({FIXED} cannot be removed here)" if channel == self.fixed_channel else ""
         if query.target == "all":
             chosen = mine
         else:
             chosen = [s for s in mine if s.id == int(query.target)]
             if not chosen:
-                extra = f" ({FIXED} cannot be removed here)" if channel == self.fixed_channel else ""
                 send_notice(
                     respond,
                     render_notice(
@@ -195,15 +196,15 @@ class SubscriptionCommands:
                 )
                 return
         if not chosen:
-            send_notice(respond, render_notice("This channel has no subscriptions to remove."))
+            send_notice(respond, render_notice(f"This channel has no subscriptions to remove{extra}."))
             return
         self.store.remove_subscriptions([s.id for s in chosen])
         numbers = ", ".join(str(s.id) for s in chosen)
         log.info("channel %s unsubscribed by %s: %s", channel, user, numbers)
-        text = f":no_bell: {_mention(user)} removed this channel's KPS subscription {numbers}"
+        text = f":no_bell: {_mention(user)} removed this channel's KPS subscription {numbers}{extra}"
         try:
             if self.post is None:
                 raise DeliveryFailure("no SLACK_BOT_TOKEN to post with", CHANNEL)
             self.post(channel, message(f"Removed KPS subscription {numbers}", [section(text)]))
         except DeliveryFailure:
-            send_notice(respond, render_notice(f"Removed subscription {numbers}."))
+            send_notice(respond, render_notice(f"Removed subscription {numbers}{extra}."))

@@ -215,6 +215,14 @@ def test_the_kpsbot_channel_line_appears_in_that_channel_and_cannot_be_removed(s
     assert "KPSBOT_CHANNEL" not in elsewhere
     refusal = answer(bot, "unsubscribe 1", channel=FIXED, name="u")["text"]
     assert "no subscription 1" in refusal and "KPSBOT_CHANNEL cannot be removed" in refusal
+    refusal = answer(bot, "unsubscribe all", channel=FIXED, name="all")["text"]
+    assert "no subscriptions to remove" in refusal and "KPSBOT_CHANNEL cannot be removed" in refusal
+    subscribe(bot, "reset", channel=FIXED)
+    bot.command("unsubscribe all", channel=FIXED)
+    notice = bot.fake.wait_for_calls("chat.postMessage", 2)[1]["args"]
+    assert notice["channel"] == FIXED and "removed this channel's KPS subscription" in shown(notice)
+    assert "KPSBOT_CHANNEL cannot be removed here" in shown(notice)
+    assert stored(bot) == []
 
 
 def test_the_listing_warns_when_kpsbot_could_not_post_in_the_channel_lately(start_bot):
