@@ -10,7 +10,7 @@ from typing import Any
 from kpsbot.slack.blocks import render_notice
 from kpsbot.slack.kit import Message, context, message, section
 from kpsbot.slack.query import SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE, Query
-from kpsbot.slack.replies import send_notice
+from kpsbot.slack.replies import INTERNAL_ERROR, send_notice
 from kpsbot.slack.sender import CHANNEL, DeliveryFailure
 from kpsbot.slack.text import inline
 from kpsbot.store import Store, Subscription
@@ -72,6 +72,17 @@ class SubscriptionCommands:
     def answer(
         self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str | None
     ) -> None:
+        """Answer on a worker thread; any failure (the database, an unexpected Slack error) is a short
+        ephemeral error rather than silence, as for task pages."""
+        try:
+            self._answer(respond, query, user=user, channel=channel)
+        except Exception:
+            log.exception("cannot answer /kps-tasks %s (user %s, channel %s)", query.kind, user, channel)
+            send_notice(respond, render_notice(INTERNAL_ERROR))
+
+    def _answer(
+        self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str | None
+    ) -> None:
         if not channel:
             send_notice(
                 respond, render_notice(":warning: Subscriptions belong to a channel: run this in one.")
@@ -91,6 +102,8 @@ class SubscriptionCommands:
 
     def subscribe(self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str) -> None:
         what = describe(query.projects, query.actions, query.failed, query.text)
+        # `failures` lets through only failed finishes and stuck alerts (watch/plan.py Route.wants)
+        news = "failed finishes and stuck alerts" if query.failed else "starts, finishes and stuck alerts"
         subscription = self.store.add_subscription(
             channel,
             projects=query.projects,
@@ -107,8 +120,8 @@ class SubscriptionCommands:
                     f"*{inline(what, 600)}*"
                 ),
                 context(
-                    f"Subscription {subscription.id} · starts, finishes and stuck alerts from the next "
-                    "poll · `/kps-tasks subscriptions` lists them"
+                    f"Subscription {subscription.id} · {news} from the next poll · "
+                    "`/kps-tasks subscriptions` lists them"
                 ),
             ],
         )
@@ -130,6 +143,9 @@ class SubscriptionCommands:
                     ),
                 )
             return
+        except Exception:
+            self.store.remove_subscriptions([subscription.id])  # not stored unless confirmed
+            raise
         log.info("channel %s subscribed by %s: %s (subscription %d)", channel, user, what, subscription.id)
 
     # -- subscriptions --------------------------------------------------------------
@@ -164,12 +180,13 @@ class SubscriptionCommands:
         self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str
     ) -> None:
         mine = self.store.subscriptions(channel)
+        # KPSBOT_CHANNEL keeps getting everything whatever is removed here: say so rather than nothing.
+        extra = f" ({FIXED} cannot be removed here)" if channel == self.fixed_channel else ""
         if query.target == "all":
             chosen = mine
         else:
             chosen = [s for s in mine if s.id == int(query.target)]
             if not chosen:
-                extra = f" ({FIXED} cannot be removed here)" if channel == self.fixed_channel else ""
                 send_notice(
                     respond,
                     render_notice(
@@ -179,15 +196,15 @@ class SubscriptionCommands:
                 )
                 return
         if not chosen:
-            send_notice(respond, render_notice("This channel has no subscriptions to remove."))
+            send_notice(respond, render_notice(f"This channel has no subscriptions to remove{extra}."))
             return
         self.store.remove_subscriptions([s.id for s in chosen])
         numbers = ", ".join(str(s.id) for s in chosen)
         log.info("channel %s unsubscribed by %s: %s", channel, user, numbers)
-        text = f":no_bell: {_mention(user)} removed this channel's KPS subscription {numbers}"
+        text = f":no_bell: {_mention(user)} removed this channel's KPS subscription {numbers}{extra}"
         try:
             if self.post is None:
                 raise DeliveryFailure("no SLACK_BOT_TOKEN to post with", CHANNEL)
             self.post(channel, message(f"Removed KPS subscription {numbers}", [section(text)]))
         except DeliveryFailure:
-            send_notice(respond, render_notice(f"Removed subscription {numbers}."))
+            send_notice(respond, render_notice(f"Removed subscription {numbers}{extra}."))

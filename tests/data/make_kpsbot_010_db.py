@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slack_sdk import WebClient  # noqa: E402
+from slack_sdk import WebClient  # noqa: E402, I001 - 0.1.0 had kpsbot.watch.delivery
 from support.fake_slack import FakeSlack  # noqa: E402
 
 from kpsbot.kps.auth import AkSkAuth  # noqa: E402

@@ -54,13 +54,14 @@ def make_bot(
     app = compose_app(settings, store, work, home=home, kps_timeout=kps_timeout)
     http = HttpService(make_wsgi_app(app, lambda: {"status": "ok", "version": "test"}), "127.0.0.1", 0)
     http.start()
-    return http, work, store
+    return http, work, store, settings
 
 
 @pytest.fixture
 def start_bot(fake):
-    """start_bot(tasks=25, env={...}, kps_timeout=6.0, home=None) -> Bot; everything is stopped after the
-    test. `home` provides the Home tab's status (no Home tab without it)."""
+    """start_bot(tasks=25, env={...}, kps_timeout=6.0, home=None, db_path=":memory:") -> Bot; everything
+    is stopped after the test. `home` provides the Home tab's status (no Home tab without it); the Bot
+    carries the store and settings the app was built with (`bot.store`, `bot.settings`)."""
     cleanup = []
 
     def start(
@@ -68,16 +69,17 @@ def start_bot(fake):
         env: dict | None = None,
         kps_timeout: float = 6.0,
         home: Callable[[], HomeStatus] | None = None,
+        db_path: str = ":memory:",
     ) -> Bot:
         sim = Simulator(project_id=PROJECT, ak="AK", sk="SK", tasks=tasks, seed=1, rate=0.0)
         server = SimulatorServer(sim)
         server.start()
         cleanup.append(server.stop)
-        http, work, store = make_bot(fake, server.url, env, kps_timeout, home)
+        http, work, store, settings = make_bot(fake, server.url, env, kps_timeout, home, db_path)
         cleanup.append(store.close)
         cleanup.append(lambda: http.stop(2))
         cleanup.append(lambda: work.stop(2))
-        return Bot(f"http://127.0.0.1:{http.port}", sim, fake)
+        return Bot(f"http://127.0.0.1:{http.port}", sim, fake, store=store, settings=settings)
 
     yield start
     for stop in reversed(cleanup):

@@ -47,6 +47,8 @@ class Bot:
     fake: Any  # support.fake_slack.FakeSlack
     counter: int = 0
     extra_env: dict = field(default_factory=dict)
+    store: Any = None  # the kpsbot.store.Store the app uses, when the test built it
+    settings: Any = None  # the kpsbot.settings.Settings the app was composed from
 
     def _post(self, body: str, headers: dict) -> Answer:
         started = time.monotonic()
