@@ -250,9 +250,11 @@ def _v3(db: Database) -> None:
             "text": str,
             "created_by": str,
             "created_at": float,
+            "active": int,  # 0 until its confirmation is in the channel
         },
         pk="id",
-        not_null={"channel", "projects", "actions", "failures_only", "text"},
+        not_null={"channel", "projects", "actions", "failures_only", "text", "active"},
+        defaults={"active": 1},
     )
     db.table("subscriptions").create_index(["channel"])
     db.table("channels").create(
@@ -996,11 +998,13 @@ class Store:
         text: str = "",
         created_by: str | None = None,
         now: float | None = None,
+        active: bool = True,
     ) -> Subscription:
+        """Store a subscription; an inactive one (`active=False`) is invisible until activated."""
         with self.transaction() as conn:
             cursor = conn.execute(
                 "insert into subscriptions (channel, projects, actions, failures_only, text, created_by, "
-                "created_at) values (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, active) values (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     channel,
                     json.dumps(list(projects)),
@@ -1009,15 +1013,21 @@ class Store:
                     text,
                     created_by,
                     time.time() if now is None else now,
+                    int(active),
                 ),
             )
             new_id = cursor.lastrowid or 0
-        return self.subscriptions(ids=[new_id])[0]
+        return self.subscriptions(ids=[new_id], inactive=True)[0]
+
+    def activate_subscription(self, subscription_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("update subscriptions set active = 1 where id = ?", (subscription_id,))
 
     def subscriptions(
-        self, channel: str | None = None, *, ids: Sequence[int] | None = None
+        self, channel: str | None = None, *, ids: Sequence[int] | None = None, inactive: bool = False
     ) -> list[Subscription]:
-        where: list[str] = []
+        """The active subscriptions (of a channel, or with these ids), oldest first."""
+        where: list[str] = [] if inactive else ["active = 1"]
         params: list[Any] = []
         if channel is not None:
             where.append("channel = ?")

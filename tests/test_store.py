@@ -224,6 +224,11 @@ def test_subscriptions_are_stored_listed_and_removed(tmp_path):
         assert two.failures_only and two.text == "db-"
         assert store.remove_subscriptions([one.id]) == 1
         assert [s.id for s in store.subscriptions()] == [two.id, two.id + 1]
+        # One waiting for its confirmation in the channel is invisible (no poll routes to it) until then.
+        waiting = store.add_subscription("C3", active=False)
+        assert store.subscriptions("C3") == [] and waiting.id not in [s.id for s in store.subscriptions()]
+        store.activate_subscription(waiting.id)
+        assert [s.id for s in store.subscriptions("C3")] == [waiting.id]
 
 
 def test_prune_keeps_running_tasks_and_recent_rows(tmp_path):

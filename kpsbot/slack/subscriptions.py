@@ -111,6 +111,7 @@ class SubscriptionCommands:
             failures_only=query.failed,
             text=query.text,
             created_by=user,
+            active=False,  # no poll routes to it before its confirmation is in the channel
         )
         confirmation = message(
             f"Subscribed this channel to KPS key-pair tasks: {what}",
@@ -146,6 +147,7 @@ class SubscriptionCommands:
         except Exception:
             self.store.remove_subscriptions([subscription.id])  # not stored unless confirmed
             raise
+        self.store.activate_subscription(subscription.id)
         log.info("channel %s subscribed by %s: %s (subscription %d)", channel, user, what, subscription.id)
 
     # -- subscriptions --------------------------------------------------------------
@@ -172,7 +174,8 @@ class SubscriptionCommands:
             )
         if subscriptions:
             blocks.append(context("`/kps-tasks unsubscribe <number>` or `unsubscribe all` removes them."))
-        return message(f"{len(lines)} KPS subscriptions in this channel", blocks)
+        count = f"{len(lines)} KPS subscription{'' if len(lines) == 1 else 's'}"
+        return message(f"{count} in this channel", blocks)
 
     # -- unsubscribe ----------------------------------------------------------------
 

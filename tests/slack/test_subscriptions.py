@@ -7,6 +7,7 @@ from unittest.mock import Mock
 
 import pytest
 from support.fake_slack import assert_valid_message
+from support.run_process import wait_until
 
 from kpsbot.cli import Cloud, build_watcher, routes_for
 from kpsbot.slack.query import parse_command
@@ -57,10 +58,13 @@ def stored(bot, channel: str | None = None) -> list[tuple]:
 
 def subscribe(bot, text: str = "", *, user: str = "U1", channel: str = "C1") -> dict:
     """`/kps-tasks subscribe text` that succeeds: returns the confirmation posted in the channel."""
-    before = len(posts(bot))
+    before, active = len(posts(bot)), len(bot.store.subscriptions())
     ack = bot.command(f"subscribe {text}".strip(), user=user, channel=channel)
     assert ack.status == 200 and ack.body == ""  # an empty ack; the answer is the channel post
-    return bot.fake.wait_for_calls("chat.postMessage", before + 1)[before]["args"]
+    confirmation = bot.fake.wait_for_calls("chat.postMessage", before + 1)[before]["args"]
+    # The subscription counts once its confirmation is in the channel, just after the post.
+    wait_until(lambda: len(bot.store.subscriptions()) > active, 10, "the subscription to be active")
+    return confirmation
 
 
 def answer(bot, text: str, *, user: str = "U1", channel: str = "C1", name: str) -> dict:
