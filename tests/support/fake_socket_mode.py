@@ -229,11 +229,10 @@ class FakeSocketMode:
         assert done and ack is not None, f"no ack for envelope {envelope_id} within {timeout} s"
         return ack
 
-    def drop(self) -> None:
-        """Abruptly drop the newest open connection (no close frame)."""
-        with self._cond:
-            conn = self._current(1)
-        assert conn is not None, "no open Socket Mode connection to drop"
+    def drop(self, timeout: float = 10) -> None:
+        """Abruptly drop the newest open connection (no close frame). A client's handshake can finish
+        before the server counts the connection as open (it says hello first): wait for it."""
+        conn = self._newest(timeout)
         conn.abort()
         with self._cond:
             self._cond.notify_all()
