@@ -67,9 +67,11 @@ class ProjectDirectory:
     def resolve(self, *, strict: bool = False) -> list[Project]:
         """Find the IDs still unknown. With `strict` (one-shot commands) an unreachable IAM raises
         KpsError; otherwise the project stays unresolved and is tried again after a while. A name
-        IAM does not know, or knows twice, raises ProjectNotFound either way."""
+        IAM does not know, or knows twice, raises ProjectNotFound either way, once every other
+        project has been resolved (it must not keep them from being watched)."""
         with self._lock:
             known = self.store.known_projects() if self.store is not None else {}
+            not_found: ProjectNotFound | None = None
             for setting in self.configured:
                 if setting.name in self._resolved:
                     continue
@@ -80,7 +82,13 @@ class ProjectDirectory:
                 if kept is not None and kept.region == setting.region and kept.source == IAM:
                     self._resolved[setting.name] = Project(setting.name, setting.region, kept.id, DATABASE)
                     continue
-                self._look_up(setting, strict)
+                try:
+                    self._look_up(setting, strict)
+                except ProjectNotFound as exc:
+                    self._errors[setting.name] = str(exc)
+                    not_found = not_found or exc
+            if not_found is not None:
+                raise not_found
             return self.projects()
 
     def _look_up(self, setting: ProjectSetting, strict: bool) -> None:
@@ -113,7 +121,6 @@ class ProjectDirectory:
             return self.resolve()
         except ProjectNotFound as exc:
             log.error("%s", exc)
-            self._errors[exc.name] = str(exc)
             return self.projects()
 
     def projects(self) -> list[Project]:
