@@ -17,7 +17,11 @@ from kpsbot.store import Store
 log = logging.getLogger(__name__)
 
 SETTING, IAM, DATABASE = "setting", "iam", "database"
-RETRY_SECONDS = 60.0  # how often `kpsbot run` asks IAM again for a project it could not resolve
+# How soon `kpsbot run` asks IAM again for a project it could not resolve: after the first failure
+# quickly (IAM unreachable for a moment while the bot starts must not leave a project unwatched for
+# a minute), then twice as long after each failure in a row, up to RETRY_SECONDS.
+FIRST_RETRY_SECONDS = 1.0
+RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,18 @@ class ProjectDirectory:
         iam: Callable[[str], IamClient] | None,
         clock: Callable[[], float] = time.monotonic,
         retry_seconds: float = RETRY_SECONDS,
+        first_retry_seconds: float = FIRST_RETRY_SECONDS,
     ) -> None:
         self.configured = tuple(configured)
         self.store = store
         self.iam = iam
         self._clock = clock
         self.retry_seconds = retry_seconds
+        self.first_retry_seconds = first_retry_seconds
         self._resolved: dict[str, Project] = {}
         self._errors: dict[str, str] = {}
         self._next_try = 0.0
+        self._failed_tries = 0  # refreshes in a row that left a project unresolved
         self._lock = threading.Lock()
 
     @property
@@ -67,9 +74,11 @@ class ProjectDirectory:
     def resolve(self, *, strict: bool = False) -> list[Project]:
         """Find the IDs still unknown. With `strict` (one-shot commands) an unreachable IAM raises
         KpsError; otherwise the project stays unresolved and is tried again after a while. A name
-        IAM does not know, or knows twice, raises ProjectNotFound either way."""
+        IAM does not know, or knows twice, raises ProjectNotFound either way, once every other
+        project has been resolved (it must not keep them from being watched)."""
         with self._lock:
             known = self.store.known_projects() if self.store is not None else {}
+            not_found: ProjectNotFound | None = None
             for setting in self.configured:
                 if setting.name in self._resolved:
                     continue
@@ -80,7 +89,13 @@ class ProjectDirectory:
                 if kept is not None and kept.region == setting.region and kept.source == IAM:
                     self._resolved[setting.name] = Project(setting.name, setting.region, kept.id, DATABASE)
                     continue
-                self._look_up(setting, strict)
+                try:
+                    self._look_up(setting, strict)
+                except ProjectNotFound as exc:
+                    self._errors[setting.name] = str(exc)
+                    not_found = not_found or exc
+            if not_found is not None:
+                raise not_found
             return self.projects()
 
     def _look_up(self, setting: ProjectSetting, strict: bool) -> None:
@@ -104,17 +119,20 @@ class ProjectDirectory:
             self.store.remember_project(setting.name, setting.region, project_id, IAM)
 
     def refresh(self) -> list[Project]:
-        """In a long-running process: retry unresolved projects, at most every `retry_seconds`.
-        A name IAM says it does not know is logged and stays unresolved."""
+        """In a long-running process: retry unresolved projects, `first_retry_seconds` after the
+        first failure and twice as long after each one after it, at most every `retry_seconds`. A
+        name IAM says it does not know is logged and stays unresolved."""
         if len(self._resolved) == len(self.configured) or self._clock() < self._next_try:
             return self.projects()
-        self._next_try = self._clock() + self.retry_seconds
+        wait = min(self.retry_seconds, self.first_retry_seconds * 2.0 ** min(self._failed_tries, 30))
+        self._next_try = self._clock() + wait
         try:
             return self.resolve()
         except ProjectNotFound as exc:
             log.error("%s", exc)
-            self._errors[exc.name] = str(exc)
             return self.projects()
+        finally:
+            self._failed_tries = self._failed_tries + 1 if self.unresolved() else 0
 
     def projects(self) -> list[Project]:
         """The resolved projects, in the order they are configured."""

@@ -198,6 +198,7 @@ def _v3(db: Database) -> None:
         "where kind in ('finished', 'finished_edit') and task_id is not null"
     )
     conn.execute("update outbox set channel = result_channel where result_channel is not null")
+    _rekey_legacy_entries(conn, legacy)
     db.table("outbox").create_index(["channel", "status"], index_name="outbox_channel_status")
     db.table("outbox").create_index(["project", "task_id"], index_name="outbox_project_task")
     # The outage state and the baseline, typed, per project (they were meta keys).
@@ -263,6 +264,38 @@ def _v3(db: Database) -> None:
     )
     # The lease is fenced: its generation changes whenever another owner takes it.
     db.table("lease").add_column("generation", int, not_null_default=0)
+
+
+_TASK_KINDS = "('started', 'finished', 'finished_edit')"  # the 0.1 entries of one task's run
+
+
+def _rekey_legacy_entries(conn: sqlite3.Connection, project: str) -> None:
+    """Give 0.1's task entries (`started:<task_id>`) the keys 0.2 gives them
+    (`started:<project>:<task_id>:<task_time>:<channel>`), and their `after` the new key of the start.
+
+    0.2 makes a task's finish (and edit, and stuck alert) wait for its start entry by that key: a start
+    0.1 left pending in its retry backoff under the old key would not be waited for, so the finish
+    would go first, standalone, and the start message posted after it would never be edited. 0.1
+    posted to one channel, the one its sent entries went to; without one (nothing was ever sent) the
+    entries keep their keys.
+    """
+    channels = conn.execute(
+        "select distinct result_channel from outbox where result_channel is not null"
+    ).fetchall()
+    if len(channels) != 1:
+        return
+    channel = channels[0][0]
+    legacy = f"kind in {_TASK_KINDS} and task_id is not null and task_time is not null"
+    conn.execute(
+        "update outbox set after = 'started:' || ? || ':' || task_id || ':' || task_time || ':' || "
+        f"coalesce(channel, ?) where {legacy} and after = 'started:' || task_id",
+        (project, channel),
+    )
+    conn.execute(
+        "update outbox set dedup_key = kind || ':' || ? || ':' || task_id || ':' || task_time || ':' || "
+        f"coalesce(channel, ?) where {legacy} and dedup_key = kind || ':' || task_id",
+        (project, channel),
+    )
 
 
 def _legacy_project(db: Database) -> str:
@@ -595,6 +628,18 @@ class Store:
                 (LEGACY_PROJECT, LEGACY_PROJECT),
             ).fetchone():
                 return False
+            # Keys _rekey_legacy_entries made name the project: `started::<task_id>:…` until now.
+            conn.execute(
+                "update outbox set dedup_key = kind || ':' || ? || substr(dedup_key, length(kind) + 2) "
+                f"where project = ? and kind in {_TASK_KINDS} and substr(dedup_key, 1, length(kind) + 2) = "
+                "kind || '::'",
+                (project, LEGACY_PROJECT),
+            )
+            conn.execute(
+                "update outbox set after = 'started:' || ? || substr(after, 9) "
+                "where project = ? and substr(after, 1, 9) = 'started::'",
+                (project, LEGACY_PROJECT),
+            )
             for table in ("tasks", "threads", "events", "polls", "outbox", "project_state"):
                 conn.execute(f"update {table} set project = ? where project = ?", (project, LEGACY_PROJECT))
         log.info("the snapshot of kpsbot 0.1 now belongs to project %s", project)

@@ -9,6 +9,9 @@ upgrade tests read the committed file.
     python tests/data/make_kpsbot_010_db.py tests/data/kpsbot-0.1.0.db
 """
 
+# ruff: noqa: I001 - these are kpsbot 0.1.0's modules (kpsbot.watch.delivery is gone since): sorting
+# them by today's layout would be wrong for the code this script runs against.
+
 from __future__ import annotations
 
 import sys
