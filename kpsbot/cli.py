@@ -80,6 +80,15 @@ def setup_logging(settings: Settings, *, level: str | None = None) -> None:
     setup(level or settings.log_level, [getattr(settings, name) for name in SECRETS], settings.log_format)
 
 
+def quiet_logging(settings: Settings) -> None:
+    """One-shot commands print their result and, on failure, one line: log records only when
+    something is wrong (or at DEBUG), and no urllib3 retry chatter before the reason."""
+    debug = settings.log_level == "DEBUG"
+    setup_logging(settings, level="DEBUG" if debug else "WARNING")
+    if not debug:
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
 def _setup_failure_logging(env: dict[str, str]) -> None:
     """A settings error is written in KPSBOT_LOG_FORMAT too, unless that setting is the malformed one."""
     from kpsbot.logs import setup_logging as setup
@@ -336,6 +345,7 @@ def tasks(
     from kpsbot.tables import render_task_table
 
     settings = ctx.require("kps")
+    quiet_logging(settings)
     if project_name is not None and settings.project(project_name) is None:
         names = ", ".join(p.name for p in settings.projects)
         fail(f"--project {project_name!r} is not a configured project ({names})", EXIT_USAGE)
@@ -381,6 +391,7 @@ def tasks(
 def projects(ctx: Context, as_json: bool) -> None:
     """The configured projects: name, region, ID and where the ID came from (setting, iam, database)."""
     settings = ctx.require("kps")
+    quiet_logging(settings)
     cloud = Cloud(settings)
     store = open_store(settings, create=False)
     try:
@@ -413,6 +424,7 @@ def watch(ctx: Context, once: bool) -> None:
     Without KPSBOT_CHANNEL the notifications are printed here instead. Without
     --once it polls every KPSBOT_POLL_SECONDS until Ctrl-C.
     """
+    from kpsbot.kps.iam import ProjectNotFound
     from kpsbot.watch.console import ConsoleSender
 
     settings = ctx.require("kps", "channel")
@@ -426,7 +438,10 @@ def watch(ctx: Context, once: bool) -> None:
             resolve_projects(directory)
             watch_once(build_watcher(settings, store, cloud, directory, console=console), store, settings)
             return
-        directory.resolve()
+        try:
+            directory.resolve()  # IAM unreachable: watch what is known, and retry the rest
+        except ProjectNotFound as exc:
+            fail(str(exc), EXIT_USAGE)
         watcher = build_watcher(settings, store, cloud, directory, console=console)
         run_watcher_alone(watcher, store, settings)
     finally:
@@ -733,8 +748,7 @@ def demo(ctx: Context, duration, cycles, db_path, show_blocks, seed) -> None:  #
     from kpsbot.slack.server import SlackStartError
 
     settings = ctx.require("channel")
-    # The transcript is the demo's own output: log records only when something is wrong (or DEBUG).
-    setup_logging(settings, level="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+    quiet_logging(settings)  # the transcript is the demo's own output
     options = DemoOptions(
         duration=duration, cycles=cycles, db_path=db_path, show_blocks=show_blocks, seed=seed
     )

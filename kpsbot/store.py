@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE = "watcher"
-_CHUNK = 400  # keys per `IN (...)`/`VALUES` query, well below SQLite's variable limit
+_CHUNK = 400  # keys per `IN (...)` query (twice in some), well below SQLite's variable limit
 LEGACY_PROJECT = ""  # rows of a kpsbot 0.1 database whose project could not be told (see adopt_legacy)
 
 TaskKey = tuple[str, str]  # (task_id, task_time): a task within its project (SPEC §1, "Task identity")
@@ -921,8 +921,9 @@ class Store:
     def start_channels(
         self, project: str, keys: Iterable[TaskKey], *, fixed: str | None = None
     ) -> dict[TaskKey, frozenset[str]]:
-        """The channels each task has a start message entry for (queued or sent); an entry of
-        kpsbot 0.1 (no channel of its own) counts for `fixed`, the KPSBOT_CHANNEL."""
+        """The channels each task has a start message in: an entry queued or sent, or a thread (its
+        entry may be pruned while the task still runs); an entry of kpsbot 0.1 (no channel of its
+        own) counts for `fixed`, the KPSBOT_CHANNEL."""
         wanted = set(keys)
         found: dict[TaskKey, set[str]] = {}
         ids = sorted({task_id for task_id, _ in wanted})
@@ -931,8 +932,9 @@ class Store:
             with self._lock:
                 rows = self.conn.execute(
                     "select task_id, task_time, channel from outbox where project = ? and kind = 'started' "
-                    f"and status != 'failed' and task_id in ({marks})",
-                    (project, *chunk),
+                    f"and status != 'failed' and task_id in ({marks}) union select task_id, task_time, "
+                    f"channel from threads where project = ? and task_id in ({marks})",
+                    (project, *chunk, project, *chunk),
                 ).fetchall()
             for task_id, task_time, channel in rows:
                 key = (task_id, task_time or "")

@@ -120,8 +120,15 @@ def test_slack_sdk_client_connects_acks_and_reconnects(server):
             second = server.send_envelope("interactive", {"type": "block_actions"})
             assert server.wait_for_ack(second)["envelope_id"] == second
 
+            # Slack says `disconnect`, then closes the connection itself a few seconds later if the
+            # app has not moved on; slack-sdk sometimes misses the message while it is still busy
+            # replacing the dropped connection, so the fake closes it as Slack would.
             server.send_disconnect()
-            server.wait_for_connections(3)
+            try:
+                server.wait_for_connections(3, timeout=5)
+            except AssertionError:
+                server.drop()
+                server.wait_for_connections(3)
         finally:
             client.close()
         assert seen == [{"command": "/kps-tasks"}, {"type": "block_actions"}]

@@ -366,21 +366,12 @@ def test_projects_with_an_iam_token_and_a_name_to_look_up_exits_2(account, tmp_p
     assert account.iam_requests == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kpsbot/cli.py: one-shot commands log INFO records (a project's ID found in IAM) to stderr "
-    "before the one-line reason; see the report",
-)
 def test_a_project_name_iam_does_not_know_is_the_only_line_on_stderr(account, tmp_path):
     result = run_cli(["projects"], tmp_path, kps_env(account, f"{NORTH},ap-southeast-1_nosuch"))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kpsbot/cli.py `watch` (no --once) lets ProjectNotFound escape as a traceback; see the report",
-)
 def test_watch_with_a_name_iam_does_not_know_exits_2_too(account, tmp_path):
     env = kps_env(account, f"{NORTH},ap-southeast-1_nosuch", KPSBOT_DB=str(tmp_path / "kpsbot.db"))
     result = run_cli(["watch"], tmp_path, env, timeout=30)
@@ -642,11 +633,6 @@ def test_with_several_projects_every_channel_message_and_edit_names_its_project(
         assert names_one_project(args), f"{method} does not name its project: {args['text']!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kpsbot/slack/notifications.py finished_reply() names no project (SPEC §4: with several "
-    "projects every notification names its project); see the report",
-)
 def test_with_several_projects_finish_replies_in_threads_name_their_project_too(account, slack, tmp_path):
     replies = [args for _, args in several_projects_news(account, slack, tmp_path) if args.get("thread_ts")]
     assert len(replies) == 2

@@ -385,12 +385,6 @@ def test_with_the_default_retention_year_old_news_is_dropped_but_a_running_task_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kpsbot/store.py start_channels() looks for start entries in the outbox, which prune() empties "
-    "after KPSBOT_RETENTION_DAYS even for tasks still running; the threads table still has the start "
-    "message (see the report)",
-)
 def test_with_the_default_retention_the_start_message_of_a_long_running_task_is_still_edited(
     kps, slack, db, tmp_path
 ):

@@ -121,7 +121,9 @@ def finished_reply(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
         blocks.append(context(safe(outcome["error_msg"], ERROR_TEXT)))
     if outcome.get("task_status"):
         blocks.append(context(f"KPS status {_code(outcome['task_status'])}"))
-    return message(f"{_label(task)} {_word(outcome)}", blocks)
+    project = outcome.get("project")
+    blocks += _project_line(project)
+    return message(f"{_label(task)}{_in(project)} {_word(outcome)}", blocks)
 
 
 def finished_message(task: RunningTask, outcome: Mapping[str, Any]) -> Message:
