@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import signal
 import sqlite3
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from bot_process import AK, BOT_TOKEN, SK, bot_environment, wait_until
+from channel import task_id_of
 from support.fake_slack import FakeSlack, assert_valid_message
 from support.slack_requests import Bot
 
@@ -34,7 +34,6 @@ OUTCOME_TEXT = {"succeeded": "succeeded", "failed": "failed", "unknown": "finish
 PROJECTS = ("cn-north-4", "cn-north-4_dev", "ap-southeast-1")  # names only: IDs looked up in IAM
 ALL, RESETS, FAILURES = "C0SOAKALL", "C0SOAKRESET", "C0SOAKFAIL"
 STUCK_MINUTES = 1
-TASK_FIELD = re.compile(r"\*Task\*\n`([^`]+)`")
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,6 @@ def db_rows(db_path: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
-
-
-def task_id_of(message: dict) -> str | None:
-    for block in message.get("blocks") or []:
-        for field in block.get("fields") or []:
-            if match := TASK_FIELD.search(field.get("text", "")):
-                return match.group(1)
-    return None
 
 
 def read_channels(fake: FakeSlack) -> dict[str, dict]:
