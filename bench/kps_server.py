@@ -194,6 +194,19 @@ class Verifier:
         self.ak, self.token = ak, token
         self._signer = Signer(BasicCredentials(ak, sk))
         self._verified: dict[tuple, bool] = {}
+        self._dates: dict[str, float | None] = {}
+
+    def _epoch(self, sdk_date: str) -> float | None:
+        """X-Sdk-Date as epoch seconds (None if malformed); one strptime per second of dates."""
+        if sdk_date not in self._dates:
+            if len(self._dates) > 10_000:
+                self._dates.clear()
+            try:
+                when = datetime.strptime(sdk_date, DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+            except ValueError:
+                when = None
+            self._dates[sdk_date] = when
+        return self._dates[sdk_date]
 
     def check(
         self, method: str, target: str, headers: dict[str, str], project_id: str, body: bytes
@@ -223,11 +236,10 @@ class Verifier:
             if name not in headers:
                 return f"signed header {name} is missing"
             signed[name] = headers[name]
-        try:
-            when = datetime.strptime(signed["x-sdk-date"], DATE_FORMAT).replace(tzinfo=timezone.utc)
-        except ValueError:
+        when = self._epoch(signed["x-sdk-date"])
+        if when is None:
             return "X-Sdk-Date is not YYYYMMDDTHHMMSSZ"
-        if abs(time.time() - when.timestamp()) > CLOCK_SKEW:
+        if abs(time.time() - when) > CLOCK_SKEW:
             return "X-Sdk-Date is more than 15 minutes away from the server time"
         key = (method, target, tuple(signed.items()), authorization, body)
         if key in self._verified:

@@ -19,39 +19,45 @@ def _encode(value: str) -> str:
     return quote(value, safe="~")
 
 
+def sign(method: str, url: str, project_id: str | None, ak: str, sk: bytes) -> dict[str, str]:
+    """The headers that sign a body-less request: Host, X-Sdk-Date, X-Project-Id, Authorization."""
+    parts = urlsplit(url)
+    headers = {"host": parts.netloc, "x-sdk-date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}
+    if project_id:
+        headers["x-project-id"] = project_id
+    names = sorted(headers)
+    uri = "/".join(_encode(segment) for segment in unquote(parts.path).split("/"))
+    query = "&".join(
+        f"{_encode(k)}={_encode(v)}" for k, v in sorted(parse_qsl(parts.query, keep_blank_values=True))
+    )
+    canonical = "\n".join(
+        [
+            method,
+            uri if uri.endswith("/") else uri + "/",
+            query,
+            "".join(f"{name}:{headers[name]}\n" for name in names),
+            ";".join(names),
+            EMPTY_SHA256,
+        ]
+    )
+    to_sign = f"SDK-HMAC-SHA256\n{headers['x-sdk-date']}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    signature = hmac.new(sk, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"SDK-HMAC-SHA256 Access={ak}, SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return headers
+
+
 class AkSk(requests.auth.AuthBase):
     def __init__(self, ak: str, sk: str) -> None:
         self.ak, self.sk = ak, sk.encode()
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        parts = urlsplit(request.url)
-        headers = {"host": parts.netloc, "x-sdk-date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}
-        if "X-Project-Id" in request.headers:
-            headers["x-project-id"] = request.headers["X-Project-Id"]
-        names = sorted(headers)
-        uri = "/".join(_encode(segment) for segment in unquote(parts.path).split("/"))
-        query = "&".join(
-            f"{_encode(k)}={_encode(v)}" for k, v in sorted(parse_qsl(parts.query, keep_blank_values=True))
-        )
-        canonical = "\n".join(
-            [
-                request.method,
-                uri if uri.endswith("/") else uri + "/",
-                query,
-                "".join(f"{name}:{headers[name]}\n" for name in names),
-                ";".join(names),
-                EMPTY_SHA256,
-            ]
-        )
-        to_sign = (
-            f"SDK-HMAC-SHA256\n{headers['x-sdk-date']}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        )
-        signature = hmac.new(self.sk, to_sign.encode(), hashlib.sha256).hexdigest()
-        request.headers["Host"] = headers["host"]
-        request.headers["X-Sdk-Date"] = headers["x-sdk-date"]
-        request.headers["Authorization"] = (
-            f"SDK-HMAC-SHA256 Access={self.ak}, SignedHeaders={';'.join(names)}, Signature={signature}"
-        )
+        project_id = request.headers.get("X-Project-Id")
+        for name, value in sign(
+            request.method or "GET", request.url or "", project_id, self.ak, self.sk
+        ).items():
+            request.headers[name] = value
         return request
 
 
