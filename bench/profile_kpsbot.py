@@ -13,6 +13,7 @@ start-up imports (`python -X importtime -m kpsbot --help`). Writes bench/results
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from common import KPSBOT, RESULTS, KpsServer, copy_db, kps_env, workdir
+from common import HERE, KPSBOT, RESULTS, KpsServer, copy_db, kps_env, workdir
 
 PY_SPY = shutil.which(
     "py-spy", path=f"{Path(sys.executable).parent}:{__import__('os').environ.get('PATH', '')}"
@@ -126,37 +127,61 @@ def import_times(env: dict, cwd: Path, top: int) -> list[str]:
     return lines
 
 
+def phases(args: list[str], env: dict, cwd: Path) -> list[str]:
+    """phases.py's wall time per pipeline stage, largest first."""
+    result = subprocess.run(
+        [sys.executable, str(HERE / "phases.py"), *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    found = [line for line in result.stderr.splitlines() if line.startswith("phases: ")]
+    if not found:
+        return [f"  phases.py failed: {result.stderr[-500:]}"]
+    stages = json.loads(found[-1][len("phases: ") :])
+    return [
+        f"  {entry['s']:8.3f} s  {name}" + (f" ({entry['calls']} calls)" if entry["calls"] > 1 else "")
+        for name, entry in sorted(stages.items(), key=lambda item: -item[1]["s"])
+    ]
+
+
+CASES = {
+    "tasks": ("tasks --all --json", ["tasks", "--all", "--json"]),
+    "watch": ("watch --once, no change", ["watch", "--once"]),
+    "churn": ("watch --once, 10% churn", ["watch", "--once"]),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--only", choices=("tasks", "watch", "churn"), default=None, help="one case")
+    parser.add_argument("--only", choices=tuple(CASES), default=None, help="one case")
     args = parser.parse_args()
     profile = spy if PY_SPY else cprofile
     how = "py-spy --gil, every thread" if profile is spy else "cProfile, main thread only"
     report = [f"kpsbot profile against kps_server.py, {args.tasks:,} tasks ({how})", ""]
     with KpsServer(args.tasks) as server, workdir() as tmp:
         env = kps_env(server, tmp / "kpsbot.db")
-        cases = []
+        db, baseline = tmp / "kpsbot.db", tmp / "baseline.db"
+        subprocess.run([*KPSBOT, "watch", "--once"], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+        copy_db(db, baseline)
 
-        def case(name: str, cmd: list[str]) -> None:
-            if args.only and not name.startswith(
-                {"tasks": "tasks", "watch": "watch --once, no", "churn": "watch --once, 10"}[args.only]
-            ):
-                return
-            own, inclusive, total = profile(cmd, env, tmp, tmp / name.replace(" ", "_"))
+        def prepare(key: str) -> None:
+            """The state each case starts from: the post-baseline database; for churn, a fresh churn."""
+            copy_db(baseline, db)
+            if key == "churn":
+                server.reset()
+                server.churn(args.tasks // 10)
+
+        for key, (name, command) in CASES.items():
+            if args.only not in (None, key):
+                continue
+            prepare(key)
+            own, inclusive, total = profile([*KPSBOT, *command], env, tmp, tmp / key)
             report.extend(table(f"{name}: self time", own, total, args.top))
             report.extend(table(f"{name}: inclusive time", inclusive, total, args.top))
+            prepare(key)
+            report.append(f"{name}: wall time by stage (phases.py; threaded stages overlap)")
+            report.extend(phases(command, env, tmp))
             report.append("")
-            cases.append(name)
-
-        case("tasks --all --json", [*KPSBOT, "tasks", "--all", "--json"])
-        subprocess.run([*KPSBOT, "watch", "--once"], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
-        copy_db(tmp / "kpsbot.db", tmp / "baseline.db")
-        case("watch --once, no change", [*KPSBOT, "watch", "--once"])
-        copy_db(tmp / "baseline.db", tmp / "kpsbot.db")
-        server.churn(args.tasks // 10)
-        case("watch --once, 10% churn", [*KPSBOT, "watch", "--once"])
         report.extend(import_times(env, tmp, args.top))
     text = "\n".join(report) + "\n"
     print(text)
