@@ -102,8 +102,8 @@ def main() -> int:
         return 1
     try:
         import matplotlib  # noqa: F401
-    except ImportError:  # CI installs '.[test]' only: the smoke pass must not fail for a missing chart
-        print("chart: skipped (pip install -e '.[bench]' for matplotlib)")
+    except ImportError as exc:  # CI installs '.[test]' only: the smoke pass must not fail for a chart
+        print(f"chart: skipped, matplotlib cannot be imported ({exc}); pip install -e '.[bench]'")
         return 0
     results = json.loads(source.read_text())
     target = RESULTS / "chart-quick.png" if args.quick else HERE / "chart.png"
