@@ -24,6 +24,8 @@ from slack_sdk import WebClient  # noqa: E402
 from support.fake_slack import FakeSlack  # noqa: E402
 from support.slack_requests import SECRET, Bot  # noqa: E402
 
+from kpsbot.kps.auth import AkSkAuth  # noqa: E402
+from kpsbot.kps.client import KpsClient  # noqa: E402
 from kpsbot.services import HttpService  # noqa: E402
 from kpsbot.settings import settings_from  # noqa: E402
 from kpsbot.slack.app import build_app  # noqa: E402
@@ -52,7 +54,8 @@ def kpsbot_app(fake: FakeSlack, kps_url: str) -> App:
             "SLACK_API_URL": fake.url,
         }
     )
-    return build_app(settings, settings.kps_client(retries=0))
+    kps = KpsClient(kps_url, PROJECT, AkSkAuth(AK, SK, PROJECT), retries=0)
+    return build_app(settings, kps)
 
 
 def fire(bot: Bot, count: int, concurrency: int) -> list[float]:

@@ -28,9 +28,11 @@ from kpsbot.kps.auth import AkSkAuth  # noqa: E402
 from kpsbot.kps.client import KpsClient  # noqa: E402
 from kpsbot.settings import Settings  # noqa: E402
 from kpsbot.simulator import Simulator, SimulatorServer  # noqa: E402
+from kpsbot.slack.sender import SlackSender  # noqa: E402
 from kpsbot.store import Store  # noqa: E402
-from kpsbot.watch.cycle import Watcher  # noqa: E402
-from kpsbot.watch.delivery import SlackSender  # noqa: E402
+from kpsbot.watch.cycle import WatchedProject, Watcher  # noqa: E402
+from kpsbot.watch.outbox import Outbox, Pacer  # noqa: E402
+from kpsbot.watch.plan import ProjectInfo, Route  # noqa: E402
 
 PROJECT, AK, SK = "burst0project", "BURSTAK", "burst-secret"
 CHANNEL = "C0BURST"
@@ -64,16 +66,17 @@ def run(size: int) -> list[dict]:
         tempfile.TemporaryDirectory() as tmp,
     ):
         kps = KpsClient(server.url, PROJECT, AkSkAuth(AK, SK, PROJECT), retries=0)
-        sender = SlackSender.from_token("xoxb-burst", CHANNEL, base_url=slack.url)
+        sender = SlackSender.from_token("xoxb-burst", base_url=slack.url)
         store = Store(Path(tmp) / "burst.db")
+        outbox = Outbox(store, {"*": sender}, fixed_channel=CHANNEL, pacer=Pacer(0))
         watcher = Watcher(
-            kps,
+            [WatchedProject(ProjectInfo(PROJECT, PROJECT, "simulator"), kps)],
             store,
-            sender,
+            outbox,
+            routes=[Route(CHANNEL)],
             burst=defaults.burst,
             outage_polls=defaults.outage_polls,
-            project_id=PROJECT,
-            location="simulator",
+            stuck_minutes=0,
         )
         rows = []
 
