@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 log = logging.getLogger(__name__)
 
 SECRETS = (
@@ -266,6 +264,8 @@ def read_environment(env_file: str | os.PathLike = ".env") -> dict[str, str]:
         mode = path.stat().st_mode
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             log.warning("%s is readable by other users; run: chmod 600 %s", path, path)
+        from dotenv import dotenv_values  # only when there is a .env: it is not free to import
+
         values = {k: v for k, v in dotenv_values(path).items() if v is not None}
     values.update(os.environ)
     return values

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +211,9 @@ def _v3(db: Database) -> None:
             "last_error": str,
             "auth_rejected": int,
             "announced": int,
+            "snapshot_digest": int,
+            "snapshot_count": int,
+            "checked_at": float,
         },
         pk="project",
         not_null={"failures", "auth_rejected", "announced"},
@@ -346,7 +349,8 @@ class StoredTask:
         return RunningTask(*(getattr(self, name) or "" for name in TASK_FIELDS))
 
 
-_TASK_COLUMNS = ", ".join(f.name for f in fields(StoredTask))
+_TASK_FIELDS = tuple(f.name for f in fields(StoredTask))
+_TASK_COLUMNS = ", ".join(_TASK_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -423,10 +427,18 @@ class ProjectState:
     last_error: str | None = None
     auth_rejected: bool = False
     announced: bool = False  # the "unreachable" message was queued
+    # The running snapshot's digest and size (kpsbot.kps.models.key_digest), and when they were last
+    # checked against the snapshot itself: a poll whose tasks have the same digest changed nothing.
+    snapshot_digest: int | None = None
+    snapshot_count: int | None = None
+    checked_at: float | None = None
 
     @property
     def outage(self) -> bool:
         return self.failures > 0
+
+
+_STATE_COLUMNS = ", ".join(f.name for f in fields(ProjectState))
 
 
 @dataclass
@@ -660,21 +672,12 @@ class Store:
             )
 
     def project_state(self, project: str) -> ProjectState:
-        rows = self._rows(
-            "select baseline_at, failures, failing_since, last_error, auth_rejected, announced "
-            "from project_state where project = ?",
-            [project],
-        )
+        rows = self._rows(f"select {_STATE_COLUMNS} from project_state where project = ?", [project])
         if not rows:
             return ProjectState()
         row = rows[0]
         return ProjectState(
-            baseline_at=row["baseline_at"],
-            failures=row["failures"],
-            failing_since=row["failing_since"],
-            last_error=row["last_error"],
-            auth_rejected=bool(row["auth_rejected"]),
-            announced=bool(row["announced"]),
+            **{**row, "auth_rejected": bool(row["auth_rejected"]), "announced": bool(row["announced"])}
         )
 
     def project_states(self) -> dict[str, ProjectState]:
@@ -693,13 +696,16 @@ class Store:
 
     def tasks(self, project: str, keys: Iterable[TaskKey]) -> dict[TaskKey, StoredTask]:
         found: dict[TaskKey, StoredTask] = {}
+        columns = ", ".join(f"t.{name}" for name in _TASK_FIELDS)
         for chunk in _chunks(list(keys)):
-            pairs = " or ".join("(task_id = ? and task_time = ?)" for _ in chunk)
-            params: list[Any] = [project]
-            for task_id, task_time in chunk:
-                params += [task_id, task_time]
+            # A join on the primary key: `(task_id = ? and task_time = ?) or …` would scan the project.
+            wanted = ", ".join("(?, ?)" for _ in chunk)
+            params: list[Any] = [value for key in chunk for value in key]
+            params.append(project)
             for row in self._rows(
-                f"select {_TASK_COLUMNS} from tasks where project = ? and ({pairs})", params
+                f"with wanted (task_id, task_time) as (values {wanted}) select {columns} from wanted w "
+                "join tasks t on t.project = ? and t.task_id = w.task_id and t.task_time = w.task_time",
+                params,
             ):
                 task = StoredTask(**row)
                 found[task.key] = task
@@ -857,19 +863,14 @@ class Store:
                     ],
                 )
             if poll.state is not None:
-                state = poll.state
+                values = asdict(poll.state)
+                values.update(
+                    auth_rejected=int(poll.state.auth_rejected), announced=int(poll.state.announced)
+                )
+                marks = ", ".join("?" * (len(values) + 1))
                 conn.execute(
-                    "insert or replace into project_state (project, baseline_at, failures, failing_since, "
-                    "last_error, auth_rejected, announced) values (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        project,
-                        state.baseline_at,
-                        state.failures,
-                        state.failing_since,
-                        state.last_error,
-                        int(state.auth_rejected),
-                        int(state.announced),
-                    ),
+                    f"insert or replace into project_state (project, {_STATE_COLUMNS}) values ({marks})",
+                    (project, *values.values()),
                 )
         return poll_id or 0
 

@@ -11,12 +11,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from kpsbot.kps.auth import TokenAuth
-from kpsbot.kps.models import FailedTask, MalformedTask, RunningTask, TaskPage, TaskRecords, TaskStatus
+from kpsbot.kps.models import (
+    FailedTask,
+    MalformedTask,
+    RunningTask,
+    TaskPage,
+    TaskRecords,
+    TaskStatus,
+    api_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,15 @@ def build_session(retries: int = 3, backoff: float = 0.5, pool_size: int = 16) -
     session.headers["Accept"] = "application/json"
     session.headers["User-Agent"] = "kpsbot"
     return session
+
+
+def parse_json(data: bytes) -> Any:
+    """JSON from a body's bytes: orjson (about twice as fast on a page of 1,000 tasks), and the
+    stdlib for what orjson refuses but the stdlib reads (NaN, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _excerpt(text: str, size: int = 120) -> str:
@@ -178,10 +196,8 @@ class ApiClient:
                 self._observe(name, status)
 
     def _json(self, response: requests.Response) -> Any:
-        # Straight from the bytes with the stdlib: Response.json() decodes the body to text first,
-        # and parses with simplejson when it happens to be installed.
         try:
-            return json.loads(response.content)
+            return parse_json(response.content)
         except ValueError:
             raise KpsError(
                 f"{self.service} answered with a body that is not JSON: {_excerpt(response.text)!r}",
@@ -192,7 +208,7 @@ class ApiClient:
     def _error(self, response: requests.Response) -> KpsError:
         request_id = response.headers.get("X-Request-Id")
         try:
-            body = json.loads(response.content)
+            body = parse_json(response.content)
         except ValueError:
             body = None
         code = msg = None
@@ -271,6 +287,25 @@ class KpsClient(ApiClient):
 
     def all_failed_tasks(self, page_size: int = API_PAGE_LIMIT) -> TaskPage:
         return self._collect("failed-tasks", FailedTask, page_size)
+
+    def running_task_pages(self, page_size: int = API_PAGE_LIMIT) -> Iterator[list[dict[str, str]]]:
+        """Every running task as the API's six string fields, a page at a time and de-duplicated,
+        without building task objects: for listings that print them (`kpsbot tasks --all --json`)."""
+        seen: set[str] = set()
+        for _total, rows in self._row_pages("running-tasks", page_size, PREFETCH_PAGES):
+            page = []
+            for row in rows:
+                fields = api_fields(row)
+                if fields is None:
+                    try:
+                        fields = RunningTask.from_api(row).to_api()  # coerces odd values, or raises
+                    except MalformedTask as exc:
+                        log.warning("skipping a running-tasks row that cannot be parsed: %s", exc)
+                        continue
+                if fields["task_id"] not in seen:
+                    seen.add(fields["task_id"])
+                    page.append(fields)
+            yield page
 
     def running_task_records(self, page_size: int = API_PAGE_LIMIT) -> TaskRecords:
         """Every running task keyed by task_id, parsed lazily: the watcher's cheap path."""

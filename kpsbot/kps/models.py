@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -10,6 +11,27 @@ from typing import Any
 ACTIONS = ("RESET", "REPLACE", "UNBIND")
 STATES = ("READY", "RUNNING", "SUCCESS", "FAILED")
 TASK_FIELDS = ("task_id", "operate_type", "task_time", "server_name", "server_id", "keypair_name")
+
+
+def key_digest(task_id: str, task_time: str) -> int:
+    """A task's part of a snapshot digest: the digest of a set of tasks is the sum of theirs, so it
+    does not depend on order and follows additions and removals."""
+    return zlib.crc32(f"{task_id}\x1f{task_time}".encode())
+
+
+def api_fields(row: Any) -> dict[str, str] | None:
+    """The six API fields of a well-formed row (every one a string, a task_id that is its own
+    stripped self), or None when the row needs RunningTask.from_api's coercion."""
+    if type(row) is not dict:
+        return None
+    fields = {name: row.get(name) for name in TASK_FIELDS}
+    for value in fields.values():
+        if type(value) is not str:
+            return None
+    task_id = fields["task_id"]
+    if not task_id or task_id.strip() != task_id:
+        return None
+    return fields  # type: ignore[return-value]  # every value was just checked to be a str
 
 
 class MalformedTask(ValueError):
@@ -159,6 +181,8 @@ class TaskRecords(Mapping):
     def __init__(self, records: dict[str, dict], skipped: list | None = None) -> None:
         self.records = records
         self.skipped = skipped if skipped is not None else []
+        # The digest of the (task_id, task_time) set (see key_digest), kept up to date by extend().
+        self.digest = sum(key_digest(task_id, row["task_time"]) for task_id, row in records.items())
 
     def __getitem__(self, task_id: str) -> RunningTask:
         return RunningTask.from_api(self.records[task_id])
@@ -179,17 +203,15 @@ class TaskRecords(Mapping):
         runs for every task on every poll.
         """
         records, problems = self.records, []
+        digest, crc = 0, zlib.crc32
         for row in rows:
             if type(row) is dict:
                 task_id = row.get("task_id")
-                if (
-                    type(task_id) is str
-                    and task_id
-                    and task_id.strip() == task_id
-                    and type(row.get("task_time")) is str
-                ):
+                task_time = row.get("task_time")
+                if type(task_id) is str and task_id and task_id.strip() == task_id and type(task_time) is str:
                     if task_id not in records:
                         records[task_id] = row
+                        digest += crc(f"{task_id}\x1f{task_time}".encode())  # key_digest, inline
                     continue
             try:
                 task = RunningTask.from_api(row)  # coerces odd ids and times, or raises MalformedTask
@@ -197,5 +219,8 @@ class TaskRecords(Mapping):
                 self.skipped.append(row)
                 problems.append(exc)
                 continue
-            records.setdefault(task.task_id, task.to_api())
+            if task.task_id not in records:
+                records[task.task_id] = task.to_api()
+                digest += key_digest(task.task_id, task.task_time)
+        self.digest += digest
         return problems

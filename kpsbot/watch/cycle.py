@@ -8,21 +8,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
 
 from kpsbot.kps.client import KpsClient, KpsError
-from kpsbot.kps.models import TaskRecords
-from kpsbot.store import PollWrite, Store
-from kpsbot.watch.diff import diff_snapshot
+from kpsbot.kps.models import TaskRecords, key_digest
+from kpsbot.store import PollWrite, ProjectState, Store
+from kpsbot.watch.diff import SnapshotDiff, diff_snapshot
 from kpsbot.watch.outbox import DeliveryReport, Outbox
 from kpsbot.watch.outcomes import OutcomeLookup
 from kpsbot.watch.plan import Policy, PollInput, ProjectInfo, Route, plan_poll
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 PRUNE_EVERY = 6 * 3600.0
+VERIFY_SECONDS = 300.0  # how long a snapshot digest is trusted before the snapshot is read again
 MAX_PROJECT_POLLS = 4  # projects polled at once; the KPS clients' limiter bounds their requests too
 
 
@@ -146,21 +144,23 @@ class ProjectPoller:
     def poll(self, policy: Policy) -> tuple[ProjectReport, PollWrite]:
         begun = time.monotonic()
         pid = self.project.info.id
-        # The stored snapshot is read while KPS pages arrive: the two waits overlap.
-        stored_later = _InBackground(lambda: self.store.running_snapshot(pid))
+        state = self.store.project_state(pid)
         try:
             records: TaskRecords | None = self.project.kps.running_task_records()
             error: KpsError | None = None
         except KpsError as exc:
             records, error = None, exc
             log.warning("KPS poll of project %s failed: %s", self.project.info.name, exc)
-        stored = stored_later.result()
-        state = self.store.project_state(pid)
         now = self.clock()
-        poll = PollInput(self.project.info, now, state, stored, records=records, error=error)
+        stored: dict[str, str] | None = None
+        if records is not None and not self._unchanged(state, records, now):
+            stored = self.store.running_snapshot(pid)
+        poll = PollInput(self.project.info, now, state, stored or {}, records=records, error=error)
         if records is not None and state.baseline_at is not None:
-            poll = self._gather(poll, records, policy)
+            poll = self._gather(poll, records, policy, stored is None)
         write = plan_poll(_with_duration(poll, begun), policy)
+        if stored is not None:
+            write.state = _with_digest(write.state or state, stored, write, now)
         self.store.record_poll(write)
         report = ProjectReport(
             project=self.project.info.name,
@@ -178,11 +178,23 @@ class ProjectPoller:
             log.info("baseline: %d tasks already running in project %s", report.tasks, self.project.info.name)
         return report, write
 
-    def _gather(self, poll: PollInput, records: TaskRecords, policy: Policy) -> PollInput:
+    @staticmethod
+    def _unchanged(state: ProjectState, records: TaskRecords, now: float) -> bool:
+        """The usual poll: the tasks' digest is the stored snapshot's, so the snapshot need not be
+        read at all. Every VERIFY_SECONDS the snapshot is read anyway, and the digest checked."""
+        return (
+            state.baseline_at is not None
+            and state.snapshot_digest == records.digest
+            and state.snapshot_count == len(records)
+            and state.checked_at is not None
+            and now - state.checked_at < VERIFY_SECONDS
+        )
+
+    def _gather(self, poll: PollInput, records: TaskRecords, policy: Policy, unchanged: bool) -> PollInput:
         """What the planner needs beyond the lists: stored rows and outcomes of changed tasks, stuck
         candidates, and which channels have a start message to reply to."""
         pid = self.project.info.id
-        diff = diff_snapshot(poll.stored, records)
+        diff = SnapshotDiff([], [], []) if unchanged else diff_snapshot(poll.stored, records)
         stuck = []
         if policy.stuck_minutes:
             cutoff_ms = int((poll.now - policy.stuck_minutes * 60) * 1000)
@@ -212,6 +224,19 @@ class ProjectPoller:
             starts=starts,
             last_seen=previous.at.timestamp() if previous else None,
         )
+
+
+def _with_digest(state: ProjectState, stored: dict[str, str], write: PollWrite, now: float) -> ProjectState:
+    """The state with the digest and size of the snapshot as this poll leaves it: the one read,
+    less the tasks that finished, plus the new ones."""
+    digest = sum(key_digest(task_id, task_time) for task_id, task_time in stored.items())
+    digest -= sum(key_digest(*row.key) for row in write.finished)
+    count = len(stored) - len(write.finished)
+    for new in write.new_tasks:
+        if stored.get(new.task.task_id) != new.task.task_time:  # not back from the stored snapshot
+            digest += key_digest(new.task.task_id, new.task.task_time)
+            count += 1
+    return replace(state, snapshot_digest=digest, snapshot_count=count, checked_at=now)
 
 
 def _with_duration(poll: PollInput, begun: float) -> PollInput:
@@ -318,26 +343,3 @@ class Watcher:
         if now - last >= PRUNE_EVERY:
             self.store.prune(now=now, retention_days=self.retention_days)
             self.store.set_meta("pruned_at", repr(now))
-
-
-class _InBackground(Generic[T]):
-    """Calls `fn` on a thread; `result()` waits, then returns its value or raises its exception."""
-
-    def __init__(self, fn: Callable[[], T]) -> None:
-        self._fn = fn
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kpsbot-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]  # set when there was no error

@@ -525,3 +525,56 @@ def test_the_demo_terminal_failing_never_reposts_to_slack(sim, slack, kps, db_pa
     assert sum("started on web-echo" in t for t in texts) == 1
     assert sum(c["args"].get("thread_ts") is not None for c in posts(slack)) == 1
     assert len(slack.calls_to("chat.update")) == 1
+
+
+# -- the no-change fast path -----------------------------------------------------------------------
+
+
+def test_a_poll_whose_tasks_match_the_snapshot_digest_does_not_read_the_snapshot(
+    sim, slack, make_watcher, clock, monkeypatch
+):
+    watcher = make_watcher()
+    watcher.run_cycle()  # the baseline: snapshot read (empty), digest stored
+    task = sim.add_task(server_name="web-digest")
+    watcher.run_cycle()
+    reads = []
+    original = Store.running_snapshot
+
+    def counting(self, project):
+        reads.append(project)
+        return original(self, project)
+
+    monkeypatch.setattr(Store, "running_snapshot", counting)
+    for _ in range(3):
+        report = watcher.run_cycle()
+        assert (report.tasks, report.started, report.finished) == (1, 0, 0)
+    assert reads == []  # nothing changed: the digest said so
+    sim.finish_task(task["task_id"], success=True)
+    assert watcher.run_cycle().finished == 1 and reads == ["p1"]  # a change: the snapshot is read
+    clock.advance(301)
+    watcher.run_cycle()
+    assert reads == ["p1", "p1"]  # trusted for at most VERIFY_SECONDS
+
+
+def test_a_wrong_stored_digest_is_caught_and_repaired_at_the_next_check(sim, slack, make_watcher, clock):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    watcher.run_cycle()
+    # A task appears while the stored digest claims it was always there: trusted for a while...
+    sim.add_task(server_name="web-hidden-by-digest")
+    from kpsbot.kps.models import key_digest
+
+    [record] = sim.running()
+    watcher.store.conn.execute(
+        "update project_state set snapshot_digest = ?, snapshot_count = 1",
+        (key_digest(record["task_id"], record["task_time"]),),
+    )
+    assert watcher.run_cycle().started == 0
+    clock.advance(301)  # ...until the digest is checked against the snapshot itself
+    assert watcher.run_cycle().started == 1
+    assert any("web-hidden-by-digest" in c["args"]["text"] for c in posts(slack))
+    state = watcher.store.project_state("p1")
+    assert (state.snapshot_digest, state.snapshot_count) == (
+        key_digest(record["task_id"], record["task_time"]),
+        1,
+    )

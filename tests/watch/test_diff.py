@@ -107,3 +107,15 @@ def test_the_failed_list_is_matched_by_task_time_too():
 def test_a_replaced_run_is_failed_if_the_failed_list_holds_it_else_unknown(failed, result, code):
     outcome = classify_replaced(KEY, failed_index(failed))
     assert (outcome.result, outcome.error_code) == (result, code) and outcome.finished
+
+
+def test_the_records_digest_is_the_sum_of_their_keys_whatever_the_order_and_duplicates():
+    from kpsbot.kps.models import key_digest
+
+    a, b = task("a", "1"), task("b", "2")
+    forward, backward = records(a, b), records(b, a, b, a)
+    assert forward.digest == backward.digest == key_digest("a", "1") + key_digest("b", "2")
+    assert records(task("a", "2"), task("b", "1")).digest != forward.digest  # times swapped
+    odd = TaskRecords({})
+    odd.extend([{"task_id": "a", "task_time": 1}])  # coerced, still counted
+    assert odd.digest == key_digest("a", "1")
