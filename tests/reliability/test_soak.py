@@ -49,10 +49,10 @@ class SoakPlan:
 
 
 CI = SoakPlan(
-    churn_seconds=30,
+    churn_seconds=20,
     rate=0.8,
-    finish_after=(20.0, 75.0),  # some longer than STUCK_MINUTES: stuck alerts too
-    kills=3,
+    finish_after=(12.0, 24.0),  # under STUCK_MINUTES: no stuck alerts here, the long soak has them
+    kills=2,
     # A "timeout" here is a 0.5 s slow answer: real client timeouts (15 s each) would not fit in a
     # minute; the slow soak has them.
     kps_fault_kinds=("status", "nonjson", "timeout", "reset"),
@@ -383,7 +383,8 @@ def check(figures: dict, tmp_path: Path, name: str) -> None:
     assert duplicates <= allowed, text
     assert figures["unobservable_tasks"] <= 1, text  # finish_after is chosen to make this 0
     assert figures["transitions"]["started"] > 20 and figures["slack_failures"] > 5, text
-    assert figures["transitions"]["stuck"] > 0, text
+    if figures["plan"]["churn_seconds"] >= 600:  # the long soak's tasks outlast STUCK_MINUTES
+        assert figures["transitions"]["stuck"] > 0, text
     assert figures["outbox"].get("failed", 0) == 0, text
 
 
