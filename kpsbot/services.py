@@ -105,7 +105,15 @@ class HttpService:
     def start(self) -> None:
         from cheroot.wsgi import Server
 
-        server = Server((self.host, self.port), self.wsgi_app, numthreads=self.threads, timeout=30)
+        # A listen backlog of 128, not cheroot's 5: past the backlog a connect's SYN is dropped and
+        # only resent a second later (Slack's, a probe's, a scrape's arriving together).
+        server = Server(
+            (self.host, self.port),
+            self.wsgi_app,
+            numthreads=self.threads,
+            timeout=30,
+            request_queue_size=128,
+        )
         server.max_request_body_size = self.max_body
         server.expiration_interval = 0.2  # the selector's wake-up: bounds how long stop() waits
         server.server_name = "kpsbot"

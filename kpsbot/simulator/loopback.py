@@ -17,6 +17,9 @@ class BackgroundHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the SYN of a sixth simultaneous connect, which
+    # the client's TCP then resends a whole second later (eight Slack channels at once did it).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
