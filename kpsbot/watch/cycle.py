@@ -145,13 +145,16 @@ class ProjectPoller:
         begun = time.monotonic()
         pid = self.project.info.id
         state = self.store.project_state(pid)
+        # The poll's instant is when the list was asked for, not when the answer came: a slow answer
+        # (retries, a timeout) must not make a task that was 59 minutes old "still running after an
+        # hour" (the soak caught it).
+        now = self.clock()
         try:
             records: TaskRecords | None = self.project.kps.running_task_records()
             error: KpsError | None = None
         except KpsError as exc:
             records, error = None, exc
             log.warning("KPS poll of project %s failed: %s", self.project.info.name, exc)
-        now = self.clock()
         stored: dict[str, str] | None = None
         if records is not None and not self._unchanged(state, records, now):
             stored = self.store.running_snapshot(pid)

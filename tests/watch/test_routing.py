@@ -333,6 +333,33 @@ def test_stuck_alerts_are_never_repeated_after_a_restart_and_baseline_tasks_aler
     assert len([c for c in posts(slack, EVERYTHING) if "still running" in c["args"]["text"]]) == 1
 
 
+def test_a_slow_answer_does_not_age_a_task_past_the_threshold(account, slack, make, clock):
+    """The poll's instant is when the list was asked for: a task 29.5 minutes old when KPS was
+    asked is not "still running after 30 min" because the answer took a minute to come."""
+    sims, clients = account
+    watcher = make([Route(EVERYTHING)], stuck_minutes=30)
+    watcher.run_cycle()
+    sims[PROD].add_task(server_name="web-slow", task_time_ms=int(clock() * 1000))
+    watcher.run_cycle()
+    clock.advance(29.5 * 60)
+    client = clients[PROD]
+    fetch = client.running_task_records
+
+    def slow_fetch():
+        records = fetch()
+        clock.advance(60)  # the answer arrives a minute after it was asked for
+        return records
+
+    client.running_task_records = slow_fetch  # type: ignore[method-assign]
+    try:
+        watcher.run_cycle()
+    finally:
+        del client.running_task_records
+    assert [t for t in texts(slack, EVERYTHING) if "still running" in t] == []
+    watcher.run_cycle()  # asked 30.5 minutes after its task_time: now it is stuck
+    assert len([t for t in texts(slack, EVERYTHING) if "still running" in t]) == 1
+
+
 def test_many_tasks_going_stuck_at_once_make_one_summary(account, slack, make, clock):
     sims, _ = account
     for n in range(12):
