@@ -298,14 +298,23 @@ class Watcher:
         return poller
 
     def run_cycle(
-        self, stop: threading.Event | None = None, may_send: Callable[[], bool] | None = None
+        self,
+        stop: threading.Event | None = None,
+        may_send: Callable[[], bool] | None = None,
+        period: float | None = None,
     ) -> CycleReport:
-        """Poll every project (a few at once; one failing never disturbs another), then deliver."""
+        """Poll every project (a few at once; one failing never disturbs another), then deliver.
+        With `period` (the poll interval), no send starts once the cycle has run that long, though
+        delivery always gets half a period after the polls: a long queue (Slack's one message a
+        second per channel, Retry-After waits) never holds back the next poll, and is worked off
+        cycle by cycle."""
+        begun = time.monotonic()
         policy = self.policy()
         pollers = [self._poller(project) for project in self.projects()]
         reports = self._poll_all(pollers, policy)
         self._maybe_prune()
-        return CycleReport(tuple(reports), self.deliver(stop, may_send))
+        deadline = None if period is None else max(begun + period, time.monotonic() + period / 2)
+        return CycleReport(tuple(reports), self.deliver(stop, may_send, deadline))
 
     def _poll_all(self, pollers: list[ProjectPoller], policy: Policy) -> list[ProjectReport]:
         def poll(poller: ProjectPoller) -> ProjectReport:
@@ -330,11 +339,14 @@ class Watcher:
             return list(pool.map(poll, pollers))
 
     def deliver(
-        self, stop: threading.Event | None = None, may_send: Callable[[], bool] | None = None
+        self,
+        stop: threading.Event | None = None,
+        may_send: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> DeliveryReport:
         if self.outbox is None:
             return DeliveryReport(0, self.store.pending_deliveries(), self.store.failed_deliveries())
-        return self.outbox.deliver(stop, may_send)
+        return self.outbox.deliver(stop, may_send, deadline)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no notification is mid-delivery (see Outbox.wait_idle)."""

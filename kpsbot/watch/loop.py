@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -163,7 +164,7 @@ class WatcherLoop:
         if not self.lease.acquire():
             return None
         try:
-            report = self.watcher.run_cycle(self._stop, self.lease.valid)
+            report = self.watcher.run_cycle(self._stop, self.lease.valid, period=self.interval)
         except Exception:
             log.exception("watcher cycle failed; trying again next interval")
             return None
@@ -175,9 +176,12 @@ class WatcherLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            begun = time.monotonic()
             self.run_once()
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 self.done.set()
                 return
+            # One cycle per interval, counted from the cycle's start: a cycle that delivered until
+            # its deadline is followed by the next poll at once.
             delay = self.interval * (1 + random.uniform(-self.jitter, self.jitter))
-            self._stop.wait(max(delay, 0.0))
+            self._stop.wait(max(begun + delay - time.monotonic(), 0.0))

@@ -83,6 +83,13 @@ class Pacer:
             self._tokens[channel] = (tokens, now)
         return max(0.0, -tokens * self.interval)
 
+    def give_back(self, channel: str) -> None:
+        """Return the token `delay` took, unused (the round ended before its turn came)."""
+        with self._lock:
+            if channel in self._tokens:
+                tokens, at = self._tokens[channel]
+                self._tokens[channel] = (min(float(self.burst), tokens + 1.0), at)
+
 
 class Outbox:
     """Sends due entries oldest first per channel, several channels at once; records each result."""
@@ -126,12 +133,16 @@ class Outbox:
     # -- a round --------------------------------------------------------------------------------
 
     def deliver(
-        self, stop: threading.Event | None = None, may_send: Callable[[], bool] | None = None
+        self,
+        stop: threading.Event | None = None,
+        may_send: Callable[[], bool] | None = None,
+        deadline: float | None = None,
     ) -> DeliveryReport:
         """Send the due entries. `stop` set ends the round between entries, never inside one;
-        `may_send` is asked before every send (the watcher lease is still ours)."""
+        `may_send` is asked before every send (the watcher lease is still ours); past `deadline`
+        (time.monotonic()) no new send starts, and the rest waits for the next delivery."""
         halt = threading.Event()  # the bot token is refused, or the lease was lost: stop everywhere
-        tally = _Tally()
+        tally = _Tally(deadline)
         # A round can make entries due that waited for one it sent (a finish for its start message):
         # claim again, a few times, while rounds still send something.
         for _ in range(ROUNDS):
@@ -143,6 +154,8 @@ class Outbox:
                 break
             self._round(by_channel, tally, stop, halt, may_send)
             if tally.delivered == before or halt.is_set() or (stop is not None and stop.is_set()):
+                break
+            if tally.out_of_time():
                 break
         return DeliveryReport(
             tally.delivered,
@@ -193,7 +206,7 @@ class Outbox:
     ) -> None:
         sender = self.sender(channel)
         for entry in entries:
-            if halt.is_set() or (stop is not None and stop.is_set()):
+            if halt.is_set() or (stop is not None and stop.is_set()) or tally.out_of_time():
                 return
             if sender is None:
                 self.store.mark_failed(
@@ -203,6 +216,9 @@ class Outbox:
                 continue
             if entry.kind in PACED:
                 wait = self.pacer.delay(channel)
+                if tally.out_of_time(wait):
+                    self.pacer.give_back(channel)
+                    return
                 if wait and (stop.wait(wait) if stop is not None else self._sleep(wait)):
                     return
             if may_send is not None and not may_send():
@@ -320,10 +336,15 @@ class _InFlight:
 
 
 class _Tally:
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self.delivered = self.skipped = 0
         self.error: str | None = None
+        self.deadline = deadline
         self._lock = threading.Lock()
+
+    def out_of_time(self, wait: float = 0.0) -> bool:
+        """Whether a send that would start `wait` seconds from now starts past the deadline."""
+        return self.deadline is not None and time.monotonic() + wait >= self.deadline
 
     def add(self, *, delivered: int = 0, skipped: int = 0, error: str | None = None) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ class CountingWatcher:
         self.cycles = 0
         self.fail = fail
 
-    def run_cycle(self, stop=None, may_send=None):
+    def run_cycle(self, stop=None, may_send=None, period=None):
         self.cycles += 1
         if self.fail:
             raise RuntimeError("boom")
@@ -79,7 +79,7 @@ class SlowWatcher(CountingWatcher):
         super().__init__()
         self.seconds = seconds
 
-    def run_cycle(self, stop=None, may_send=None):
+    def run_cycle(self, stop=None, may_send=None, period=None):
         report = super().run_cycle(stop)
         time.sleep(self.seconds)
         return report
