@@ -117,9 +117,16 @@ def read_channels(fake: FakeSlack) -> dict[str, dict]:
     return seen
 
 
-def polled(task: dict, polls: list[tuple[float, int]], since: float, until: float) -> bool:
-    """Some good poll of the task's project saw it running between `since` and `until`."""
-    return any(since < at - ms / 1000 and at < until for at, ms in polls)
+def polled(polls: list[tuple[float, int]], since: float, until: float) -> float | None:
+    """When the first good poll of a project that saw a task running between `since` and `until`
+    asked for the list (a poll's `at` is when it asked; its answer came within its duration)."""
+    return next((at for at, ms in sorted(polls) if since < at and at + ms / 1000 < until), None)
+
+
+def longest_gap(polls: list[tuple[float, int]], begun: float, ended: float) -> float:
+    """The longest time between two good polls of a project (from `begun` to `ended`)."""
+    times = [begun, *sorted(at for at, _ in polls if begun <= at <= ended), ended]
+    return max(b - a for a, b in zip(times, times[1:]))
 
 
 def subscribe(bot: Bot, text: str, channel: str, name: str) -> None:
@@ -167,7 +174,7 @@ def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
             sim.fault_ratio = 0.2
             sim.rate = plan.rate
         fake.fault_ratio = 0.2  # 429 with Retry-After 1, HTTP 500, ok:false internal_error
-        begun = time.monotonic()
+        begun, churn_began = time.monotonic(), time.time()
         # Kills at random moments, one in each equal slice of the churn; the middle one is a clean stop.
         slice_len = plan.churn_seconds / plan.kills
         kill_at = [i * slice_len + rng.uniform(1.0, slice_len * 0.6) for i in range(plan.kills)]
@@ -185,6 +192,7 @@ def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
 
         for sim in sims:
             sim.rate = 0.0  # no new starts; the running ones finish on schedule
+        churn_ended = time.time()
         wait_until(
             lambda: all((s.tick() or True) and s.counts()["running"] == 0 for s in sims),
             plan.finish_after[1] + 10,
@@ -252,15 +260,23 @@ def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
                 entry["start"] = t["at"]
             else:
                 entry["finish"], entry["outcome"] = t["at"], t["outcome"]
-    observable = {
-        task_id for task_id, t in tasks.items() if polled(t, polls[t["project"]], t["start"], t["finish"])
+    first_seen = {
+        task_id: polled(polls[t["project"]], t["start"], t["finish"]) for task_id, t in tasks.items()
     }
-    # Stuck: a good poll saw it running at least STUCK_MINUTES after its task_time (2 s of slack each way).
+    observable = {task_id for task_id, at in first_seen.items() if at is not None}
+    # Stuck: a good poll asked for the list STUCK_MINUTES after the task_time and saw it running,
+    # and an earlier one had seen it already (a task first seen past the threshold and gone by the
+    # next poll gets no alert: it is no longer stuck). 2 s of slack each way.
     threshold = STUCK_MINUTES * 60
     surely_stuck = {
         task_id
         for task_id, t in tasks.items()
-        if polled(t, polls[t["project"]], int(t["time"]) / 1000 + threshold + 2, t["finish"] - 2)
+        if task_id in observable
+        and polled(
+            polls[t["project"]],
+            max(int(t["time"]) / 1000 + threshold + 2, first_seen[task_id]),
+            t["finish"] - 2,
+        )
     }
     maybe_stuck = {
         task_id for task_id, t in tasks.items() if t["finish"] - int(t["time"]) / 1000 >= threshold - 2
@@ -289,6 +305,9 @@ def run_soak(plan: SoakPlan, tmp_path: Path, launch, seed: int) -> dict:
             "stuck": len(surely_stuck),
         },
         "unobservable_tasks": len(tasks) - len(observable),
+        "longest_gap_between_good_polls_s": {
+            project: round(longest_gap(polls[project], churn_began, churn_ended), 1) for project in PROJECTS
+        },
         "channels": {},
         "outbox": dict(outbox),
         "health": health,
@@ -381,7 +400,10 @@ def check(figures: dict, tmp_path: Path, name: str) -> None:
         assert c["outcome_wrong"] == [], (channel, text)
         duplicates += sum(c["duplicates"].values())
     assert duplicates <= allowed, text
-    assert figures["unobservable_tasks"] <= 1, text  # finish_after is chosen to make this 0
+    # A task that starts and finishes between two good polls cannot be seen by any poller, and is
+    # left out of what each channel must get. finish_after is chosen to make that rare: in the CI
+    # soak at most one; in the long one, whose KPS timeouts hold a poll for 15 s, at most 1%.
+    assert figures["unobservable_tasks"] <= max(1, figures["transitions"]["started"] // 100), text
     assert figures["transitions"]["started"] > 20 and figures["slack_failures"] > 5, text
     if figures["plan"]["churn_seconds"] >= 600:  # the long soak's tasks outlast STUCK_MINUTES
         assert figures["transitions"]["stuck"] > 0, text
