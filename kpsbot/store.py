@@ -214,6 +214,7 @@ def _v3(db: Database) -> None:
             "snapshot_digest": int,
             "snapshot_count": int,
             "checked_at": float,
+            "listing_fingerprint": int,
         },
         pk="project",
         not_null={"failures", "auth_rejected", "announced"},
@@ -432,6 +433,9 @@ class ProjectState:
     snapshot_digest: int | None = None
     snapshot_count: int | None = None
     checked_at: float | None = None
+    # The fingerprint of the last listing (kpsbot.kps.models.listing_fingerprint) that matched the
+    # snapshot and had no unusable row: the same bytes again cannot hold a change.
+    listing_fingerprint: int | None = None
 
     @property
     def outage(self) -> bool:

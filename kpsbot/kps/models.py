@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, KeysView, Mapping
+from collections.abc import Callable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -11,6 +11,12 @@ from typing import Any
 ACTIONS = ("RESET", "REPLACE", "UNBIND")
 STATES = ("READY", "RUNNING", "SUCCESS", "FAILED")
 TASK_FIELDS = ("task_id", "operate_type", "task_time", "server_name", "server_id", "keypair_name")
+
+
+def listing_fingerprint(crc: int, size: int) -> int:
+    """A listing's pages as KPS sent them, in one number: the CRC-32 of their bytes, in order, and
+    their total length (two listings collide far more rarely than by CRC-32 alone)."""
+    return (crc & 0xFFFFFFFF) << 31 | size & 0x7FFFFFFF  # fits SQLite's 64-bit integer
 
 
 def key_digest(task_id: str, task_time: str) -> int:
@@ -175,14 +181,63 @@ class TaskRecords(Mapping):
     """Running tasks by task_id, kept as the API's raw records; a RunningTask is built on access.
 
     A poll of 100,000 unchanged tasks only compares ids and times, so it should not build 100,000
-    objects. Every kept record has a string `task_time` (odd rows are normalised on the way in).
+    objects; and when the listing is byte for byte the one the snapshot was last reconciled with
+    (its `fingerprint`), it need not even index them: pages added with `add_page` are indexed on
+    first use. Every kept record has a string `task_time` (odd rows are normalised on the way in).
     """
 
-    def __init__(self, records: dict[str, dict], skipped: list | None = None) -> None:
-        self.records = records
-        self.skipped = skipped if skipped is not None else []
+    def __init__(
+        self,
+        records: dict[str, dict] | None = None,
+        skipped: list | None = None,
+        *,
+        on_problem: Callable[[MalformedTask], None] | None = None,
+    ) -> None:
+        """`on_problem` hears of each unusable row of the pages added with `add_page`, when they
+        are indexed."""
+        self._on_problem = on_problem
+        self._records: dict[str, dict] = records if records is not None else {}
+        self._skipped: list = skipped if skipped is not None else []
+        self._pending: list[list] = []  # pages not indexed yet
+        self._trusted: int | None = None  # see trust()
         # The digest of the (task_id, task_time) set (see key_digest), kept up to date by extend().
-        self.digest = sum(key_digest(task_id, row["task_time"]) for task_id, row in records.items())
+        self._digest = sum(key_digest(task_id, row["task_time"]) for task_id, row in self._records.items())
+        # The listing's pages as bytes (see listing_fingerprint); None when not known.
+        self.fingerprint: int | None = None
+
+    # -- lazily indexed -------------------------------------------------------------------------
+
+    def add_page(self, rows: list) -> None:
+        """Keep a page of raw rows, to be indexed when something needs the tasks."""
+        self._pending.append(rows)
+
+    def _index_pending(self) -> None:
+        while self._pending:
+            for problem in self._index(self._pending.pop(0)):
+                if self._on_problem is not None:
+                    self._on_problem(problem)
+
+    def trust(self, count: int) -> None:
+        """The listing is known to hold `count` tasks and no unusable row (its fingerprint is that
+        of a listing that did): len() and `skipped` answer without indexing the pages."""
+        self._trusted = count
+
+    @property
+    def records(self) -> dict[str, dict]:
+        self._index_pending()
+        return self._records
+
+    @property
+    def skipped(self) -> list:
+        if self._trusted is not None and self._pending:
+            return []
+        self._index_pending()
+        return self._skipped
+
+    @property
+    def digest(self) -> int:
+        self._index_pending()
+        return self._digest
 
     def __getitem__(self, task_id: str) -> RunningTask:
         return RunningTask.from_api(self.records[task_id])
@@ -191,18 +246,22 @@ class TaskRecords(Mapping):
         return iter(self.records)
 
     def __len__(self) -> int:
+        if self._trusted is not None and self._pending:
+            return self._trusted
         return len(self.records)
 
     def keys(self) -> KeysView[str]:  # a real dict view: set operations on it run in C
         return self.records.keys()
 
     def extend(self, rows: list) -> list[MalformedTask]:
-        """Index a page of raw rows (first copy of an id wins); unusable rows go to `skipped`.
+        """Index a page of raw rows now (after any added before; first copy of an id wins);
+        unusable rows go to `skipped`. Returns why each skipped row was unusable."""
+        self._index_pending()
+        return self._index(rows)
 
-        Returns why each skipped row was unusable. The common row is checked inline: this loop
-        runs for every task on every poll.
-        """
-        records, problems = self.records, []
+    def _index(self, rows: list) -> list[MalformedTask]:
+        """The common row is checked inline: this loop runs for every task on every changed poll."""
+        records, problems = self._records, []
         digest, crc = 0, zlib.crc32
         for row in rows:
             if type(row) is dict:
@@ -216,11 +275,11 @@ class TaskRecords(Mapping):
             try:
                 task = RunningTask.from_api(row)  # coerces odd ids and times, or raises MalformedTask
             except MalformedTask as exc:
-                self.skipped.append(row)
+                self._skipped.append(row)
                 problems.append(exc)
                 continue
             if task.task_id not in records:
                 records[task.task_id] = task.to_api()
                 digest += key_digest(task.task_id, task.task_time)
-        self.digest += digest
+        self._digest += digest
         return problems

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 6 * 3600.0
 VERIFY_SECONDS = 300.0  # how long a snapshot digest is trusted before the snapshot is read again
+BYTES, DIGEST = "bytes", "digest"  # how a poll is known to have changed nothing (ProjectPoller._unchanged)
 MAX_PROJECT_POLLS = 4  # projects polled at once; the KPS clients' limiter bounds their requests too
 
 
@@ -156,14 +157,19 @@ class ProjectPoller:
             records, error = None, exc
             log.warning("KPS poll of project %s failed: %s", self.project.info.name, exc)
         stored: dict[str, str] | None = None
-        if records is not None and not self._unchanged(state, records, now):
+        same = self._unchanged(state, records, now) if records is not None else None
+        if records is not None and same is None:
             stored = self.store.running_snapshot(pid)
         poll = PollInput(self.project.info, now, state, stored or {}, records=records, error=error)
         if records is not None and state.baseline_at is not None:
             poll = self._gather(poll, records, policy, stored is None)
         write = plan_poll(_with_duration(poll, begun), policy)
-        if stored is not None:
-            write.state = _with_digest(write.state or state, stored, write, now)
+        if records is not None and stored is not None:
+            write.state = _with_digest(write.state or state, stored, write, now, records)
+        elif records is not None and same == DIGEST and records.fingerprint != state.listing_fingerprint:
+            # The same tasks in other bytes (another order, a renamed server): remember these.
+            fingerprint = records.fingerprint if not records.skipped else None
+            write.state = replace(write.state or state, listing_fingerprint=fingerprint)
         self.store.record_poll(write)
         report = ProjectReport(
             project=self.project.info.name,
@@ -182,16 +188,23 @@ class ProjectPoller:
         return report, write
 
     @staticmethod
-    def _unchanged(state: ProjectState, records: TaskRecords, now: float) -> bool:
-        """The usual poll: the tasks' digest is the stored snapshot's, so the snapshot need not be
-        read at all. Every VERIFY_SECONDS the snapshot is read anyway, and the digest checked."""
-        return (
-            state.baseline_at is not None
-            and state.snapshot_digest == records.digest
-            and state.snapshot_count == len(records)
-            and state.checked_at is not None
-            and now - state.checked_at < VERIFY_SECONDS
-        )
+    def _unchanged(state: ProjectState, records: TaskRecords, now: float) -> str | None:
+        """How the usual poll knows nothing changed, so the snapshot need not be read at all:
+        BYTES, the listing is byte for byte the last one that matched the snapshot (its tasks are
+        not even indexed); DIGEST, its tasks have the snapshot's digest. None: read the snapshot
+        and diff. Every VERIFY_SECONDS the snapshot is read anyway, and both checked."""
+        if state.baseline_at is None or state.checked_at is None or now - state.checked_at >= VERIFY_SECONDS:
+            return None
+        if (
+            records.fingerprint is not None
+            and records.fingerprint == state.listing_fingerprint
+            and state.snapshot_count is not None
+        ):
+            records.trust(state.snapshot_count)
+            return BYTES
+        if state.snapshot_digest == records.digest and state.snapshot_count == len(records):
+            return DIGEST
+        return None
 
     def _gather(self, poll: PollInput, records: TaskRecords, policy: Policy, unchanged: bool) -> PollInput:
         """What the planner needs beyond the lists: stored rows and outcomes of changed tasks, stuck
@@ -229,9 +242,13 @@ class ProjectPoller:
         )
 
 
-def _with_digest(state: ProjectState, stored: dict[str, str], write: PollWrite, now: float) -> ProjectState:
-    """The state with the digest and size of the snapshot as this poll leaves it: the one read,
-    less the tasks that finished, plus the new ones."""
+def _with_digest(
+    state: ProjectState, stored: dict[str, str], write: PollWrite, now: float, records: TaskRecords
+) -> ProjectState:
+    """The state with the digest and size of the snapshot as this poll leaves it (the one read,
+    less the tasks that finished, plus the new ones), and the listing's fingerprint if the
+    snapshot now matches it (a task whose outcome could not be looked up stays in the snapshot:
+    the next poll must diff again)."""
     digest = sum(key_digest(task_id, task_time) for task_id, task_time in stored.items())
     digest -= sum(key_digest(*row.key) for row in write.finished)
     count = len(stored) - len(write.finished)
@@ -239,7 +256,14 @@ def _with_digest(state: ProjectState, stored: dict[str, str], write: PollWrite, 
         if stored.get(new.task.task_id) != new.task.task_time:  # not back from the stored snapshot
             digest += key_digest(new.task.task_id, new.task.task_time)
             count += 1
-    return replace(state, snapshot_digest=digest, snapshot_count=count, checked_at=now)
+    matches = digest == records.digest and count == len(records) and not records.skipped
+    return replace(
+        state,
+        snapshot_digest=digest,
+        snapshot_count=count,
+        checked_at=now,
+        listing_fingerprint=records.fingerprint if matches else None,
+    )
 
 
 def _with_duration(poll: PollInput, begun: float) -> PollInput:

@@ -1,10 +1,19 @@
 """Task records: operate_type parsing, epoch-ms times, tolerance of odd rows."""
 
+import zlib
 from datetime import datetime, timezone
 
 import pytest
 
-from kpsbot.kps.models import FailedTask, MalformedTask, RunningTask, TaskStatus, parse_operate_type
+from kpsbot.kps.models import (
+    FailedTask,
+    MalformedTask,
+    RunningTask,
+    TaskRecords,
+    TaskStatus,
+    listing_fingerprint,
+    parse_operate_type,
+)
 
 
 @pytest.mark.parametrize(
@@ -108,3 +117,32 @@ def test_to_api_has_every_field_and_round_trips(model):
     record = {f.name: f"value-{f.name}" for f in fields(model)}
     task = model.from_api(record)
     assert task.to_api() == record
+
+
+def test_pages_added_are_indexed_on_first_use_in_order_and_their_problems_heard_then():
+    heard = []
+    records = TaskRecords(on_problem=heard.append)
+    records.add_page([{"task_id": "a", "task_time": "1"}, {"no": "id"}])
+    records.add_page([{"task_id": "a", "task_time": "2"}, {"task_id": "b", "task_time": "3"}])
+    assert heard == []  # nothing indexed yet
+    assert list(records) == ["a", "b"] and records["a"].task_time == "1"  # the first copy wins
+    assert len(heard) == 1 and len(records.skipped) == 1
+    records.extend([{"task_id": "c", "task_time": "4"}])
+    assert list(records) == ["a", "b", "c"]
+
+
+def test_a_trusted_listing_answers_its_size_without_indexing():
+    records = TaskRecords()
+    records.add_page([{"task_id": "a", "task_time": "1"}, {"task_id": "b", "task_time": "2"}])
+    records.trust(2)
+    assert len(records) == 2 and records.skipped == []
+    assert records._pending  # still not indexed
+    assert sorted(records.keys()) == ["a", "b"] and not records._pending  # indexed when the tasks are needed
+
+
+def test_the_listing_fingerprint_changes_with_any_byte_and_with_the_length():
+    one = listing_fingerprint(zlib.crc32(b'{"total":1}'), 11)
+    assert one == listing_fingerprint(zlib.crc32(b'{"total":1}'), 11)
+    assert one != listing_fingerprint(zlib.crc32(b'{"total":2}'), 11)
+    assert one != listing_fingerprint(zlib.crc32(b'{"total":1}'), 12)
+    assert 0 <= one < 2**63  # an SQLite integer

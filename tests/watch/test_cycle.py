@@ -9,7 +9,7 @@ from support.fake_slack import assert_valid_message
 
 from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient, KpsError
-from kpsbot.kps.models import TaskStatus
+from kpsbot.kps.models import TaskRecords, TaskStatus
 from kpsbot.store import Store
 from kpsbot.watch.console import ConsoleSender
 from kpsbot.watch.outbox import CONSOLE
@@ -578,3 +578,51 @@ def test_a_wrong_stored_digest_is_caught_and_repaired_at_the_next_check(sim, sla
         key_digest(record["task_id"], record["task_time"]),
         1,
     )
+
+
+def test_a_listing_byte_for_byte_the_last_one_is_not_even_indexed(sim, slack, make_watcher, monkeypatch):
+    watcher = make_watcher()
+    watcher.run_cycle()
+    task = sim.add_task(server_name="web-bytes")
+    watcher.run_cycle()  # diffed: the snapshot now matches this listing, whose fingerprint is kept
+    assert watcher.store.project_state("p1").listing_fingerprint is not None
+    indexed, reads = [], []
+    index, snapshot = TaskRecords._index, Store.running_snapshot
+
+    def counting_index(self, rows):
+        indexed.append(len(rows))
+        return index(self, rows)
+
+    def counting_snapshot(self, project):
+        reads.append(project)
+        return snapshot(self, project)
+
+    monkeypatch.setattr(TaskRecords, "_index", counting_index)
+    monkeypatch.setattr(Store, "running_snapshot", counting_snapshot)
+    for _ in range(3):
+        report = watcher.run_cycle()
+        assert (report.tasks, report.started, report.finished) == (1, 0, 0)
+        assert report.projects[0].skipped_rows == 0
+    assert indexed == [] and reads == []
+    sim.finish_task(task["task_id"], success=True)
+    assert watcher.run_cycle().finished == 1  # other bytes: indexed, diffed
+    assert indexed and reads == ["p1"]
+
+
+def test_a_finish_whose_outcome_is_not_known_yet_keeps_the_next_polls_diffing(sim, slack, clock, db_path):
+    kps = FlakyStatusKps(sim.url, "p1", AkSkAuth("AK", "SK", "p1"), retries=0, backoff=0)
+    with Store(db_path) as store:
+        watcher = build_watcher(
+            kps, store, senders={"*": slack_sender(slack)}, routes=[Route(CHANNEL)], clock=clock
+        )
+        watcher.run_cycle()
+        task = sim.add_task(server_name="web-unknown-yet")
+        watcher.run_cycle()
+        sim.finish_task(task["task_id"], success=True)
+        kps.fail_status = True
+        assert watcher.run_cycle().finished == 0  # gone from the list, its status not known
+        # The snapshot still holds the task, so it no longer matches the listing: the same bytes
+        # again must be diffed again, or the lookup would wait VERIFY_SECONDS to be retried.
+        assert store.project_state("p1").listing_fingerprint is None
+        kps.fail_status = False
+        assert watcher.run_cycle().finished == 1
