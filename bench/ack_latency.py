@@ -12,8 +12,10 @@ import argparse
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from common import AK, PROJECT, ROOT, SK, print_table, save, simulator
 
@@ -21,15 +23,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from slack_bolt import App  # noqa: E402
 from slack_sdk import WebClient  # noqa: E402
+from support.compose import compose_app  # noqa: E402
 from support.fake_slack import FakeSlack  # noqa: E402
 from support.slack_requests import SECRET, Bot  # noqa: E402
 
-from kpsbot.kps.auth import AkSkAuth  # noqa: E402
-from kpsbot.kps.client import KpsClient  # noqa: E402
 from kpsbot.services import HttpService  # noqa: E402
 from kpsbot.settings import settings_from  # noqa: E402
-from kpsbot.slack.app import build_app  # noqa: E402
 from kpsbot.slack.server import make_wsgi_app  # noqa: E402
+from kpsbot.slack.workers import WorkerPool  # noqa: E402
+from kpsbot.store import Store  # noqa: E402
 
 
 def bare_app(fake: FakeSlack) -> App:
@@ -42,7 +44,8 @@ def bare_app(fake: FakeSlack) -> App:
     return app
 
 
-def kpsbot_app(fake: FakeSlack, kps_url: str) -> App:
+def kpsbot_app(fake: FakeSlack, kps_url: str, store: Store, work: WorkerPool) -> App:
+    """The app as `kpsbot run` builds it (tests/support/compose.py), KPS retries off."""
     settings = settings_from(
         {
             "KPS_ENDPOINT": kps_url,
@@ -54,8 +57,7 @@ def kpsbot_app(fake: FakeSlack, kps_url: str) -> App:
             "SLACK_API_URL": fake.url,
         }
     )
-    kps = KpsClient(kps_url, PROJECT, AkSkAuth(AK, SK, PROJECT), retries=0)
-    return build_app(settings, kps)
+    return compose_app(settings, store, work)
 
 
 def fire(bot: Bot, count: int, concurrency: int) -> list[float]:
@@ -73,9 +75,17 @@ def p99(values: list[float]) -> float:
 
 
 def run(commands: int, delay: float, concurrency: int) -> dict:
-    with simulator(tasks=50, delay=delay) as kps_url, FakeSlack() as fake:
+    work = WorkerPool()
+    work.start()
+    with (
+        simulator(tasks=50, delay=delay) as kps_url,
+        FakeSlack() as fake,
+        tempfile.TemporaryDirectory() as tmp,
+        Store(Path(tmp) / "ack.db") as store,
+    ):
         servers = {}
-        for name, app in (("bare Bolt (ack only)", bare_app(fake)), ("kpsbot", kpsbot_app(fake, kps_url))):
+        apps = (("bare Bolt (ack only)", bare_app(fake)), ("kpsbot", kpsbot_app(fake, kps_url, store, work)))
+        for name, app in apps:
             http = HttpService(make_wsgi_app(app, lambda: {"status": "ok"}), "127.0.0.1", 0)
             http.start()
             servers[name] = (http, Bot(f"http://127.0.0.1:{http.port}", None, fake))
@@ -91,6 +101,7 @@ def run(commands: int, delay: float, concurrency: int) -> dict:
         finally:
             for http, _ in servers.values():
                 http.stop(3)
+            work.stop(1)
     rows = {
         name: {"median_ms": statistics.median(v) * 1000, "p99_ms": p99(v) * 1000, "max_ms": max(v) * 1000}
         for name, v in latencies.items()
