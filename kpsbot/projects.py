@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.iam import IamClient, ProjectNotFound
@@ -24,8 +24,7 @@ FIRST_RETRY_SECONDS = 1.0
 RETRY_SECONDS = 60.0
 
 
-@dataclass(frozen=True)
-class Project:
+class Project(NamedTuple):
     """A configured project whose ID is known."""
 
     name: str

@@ -9,6 +9,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ IAM_ENDPOINT = "https://iam.{region}.myhuaweicloud.com"
 LOG_FORMATS = ("text", "json")
 
 
-@dataclass(frozen=True)
-class ProjectSetting:
+class ProjectSetting(NamedTuple):
     """One configured project: its name (`cn-north-4`, `cn-north-4_dev`), region and ID.
 
     `id` is None when it is to be looked up in IAM by name. A project configured by ID alone

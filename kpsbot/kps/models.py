@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator, KeysView, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 ACTIONS = ("RESET", "REPLACE", "UNBIND")
 STATES = ("READY", "RUNNING", "SUCCESS", "FAILED")
@@ -145,8 +145,7 @@ class FailedTask(RunningTask):
         return record
 
 
-@dataclass(frozen=True)
-class TaskStatus:
+class TaskStatus(NamedTuple):
     task_id: str
     task_status: str = ""
     server_id: str = ""
@@ -168,13 +167,12 @@ class TaskStatus:
         return state if state in STATES else None
 
 
-@dataclass(frozen=True)
-class TaskPage:
+class TaskPage(NamedTuple):
     """One page of a task list, plus the rows that could not be parsed."""
 
     total: int
-    tasks: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
+    tasks: list
+    skipped: list
 
 
 class TaskRecords(Mapping):

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import TaskRecords, key_digest
@@ -25,8 +25,7 @@ BYTES, DIGEST = "bytes", "digest"  # how a poll is known to have changed nothing
 MAX_PROJECT_POLLS = 4  # projects polled at once; the KPS clients' limiter bounds their requests too
 
 
-@dataclass(frozen=True)
-class ProjectReport:
+class ProjectReport(NamedTuple):
     """What one project's poll found."""
 
     project: str
@@ -53,12 +52,11 @@ class ProjectReport:
         return head + skipped
 
 
-@dataclass(frozen=True)
-class CycleReport:
+class CycleReport(NamedTuple):
     """One cycle: each project's poll and the delivery round after them."""
 
     projects: tuple[ProjectReport, ...]
-    delivery: DeliveryReport = field(default_factory=lambda: DeliveryReport(0, 0, 0))
+    delivery: DeliveryReport = DeliveryReport(0, 0, 0)
 
     @property
     def ok(self) -> bool:
@@ -116,8 +114,7 @@ class CycleReport:
         return f"{head}; {tail}{failed}"
 
 
-@dataclass(frozen=True)
-class WatchedProject:
+class WatchedProject(NamedTuple):
     """A project whose ID is known, with the KPS client for it."""
 
     info: ProjectInfo
@@ -169,7 +166,7 @@ class ProjectPoller:
         elif records is not None and same == DIGEST and records.fingerprint != state.listing_fingerprint:
             # The same tasks in other bytes (another order, a renamed server): remember these.
             fingerprint = records.fingerprint if not records.skipped else None
-            write.state = replace(write.state or state, listing_fingerprint=fingerprint)
+            write.state = (write.state or state)._replace(listing_fingerprint=fingerprint)
         self.store.record_poll(write)
         report = ProjectReport(
             project=self.project.info.name,
@@ -257,8 +254,7 @@ def _with_digest(
             digest += key_digest(new.task.task_id, new.task.task_time)
             count += 1
     matches = digest == records.digest and count == len(records) and not records.skipped
-    return replace(
-        state,
+    return state._replace(
         snapshot_digest=digest,
         snapshot_count=count,
         checked_at=now,
@@ -267,7 +263,7 @@ def _with_digest(
 
 
 def _with_duration(poll: PollInput, begun: float) -> PollInput:
-    return replace(poll, duration_ms=int((time.monotonic() - begun) * 1000))
+    return poll._replace(duration_ms=int((time.monotonic() - begun) * 1000))
 
 
 class Watcher:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.models import FailedTask, RunningTask, TaskRecords, TaskStatus
@@ -17,8 +17,7 @@ MAX_LOOKUP_FAILURES = 3  # polls in a row whose status lookup failed before givi
 DEFINITIVE_STATUSES = (400, 404)  # KPS does not know the task (any more)
 
 
-@dataclass(frozen=True)
-class SnapshotDiff:
+class SnapshotDiff(NamedTuple):
     appeared: list[RunningTask]  # oldest start first
     disappeared: list[TaskKey]  # gone from the list: its status says what became of it
     replaced: list[TaskKey]  # its task_id came back with another task_time: that earlier run is over
@@ -51,8 +50,7 @@ def diff_snapshot(stored: Mapping[str, str], current: TaskRecords) -> SnapshotDi
     return SnapshotDiff(appeared, disappeared, sorted(replaced))
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What became of a task that left the running list."""
 
     result: str  # running | lookup_failed | succeeded | failed | unknown

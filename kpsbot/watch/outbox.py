@@ -8,8 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kpsbot.kps.models import RunningTask
 from kpsbot.slack import notifications as note
@@ -38,8 +37,7 @@ class DeliveryMetrics(Protocol):
     def notification_failed(self, reason: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class DeliveryReport:
+class DeliveryReport(NamedTuple):
     delivered: int  # sent this round
     pending: int
     failed: int  # entries Slack refused for good (all time, as /healthz shows them)
@@ -47,14 +45,12 @@ class DeliveryReport:
     skipped: int = 0  # settled this round without a send (e.g. no start message to edit)
 
 
-@dataclass(frozen=True)
-class Sent:
+class Sent(NamedTuple):
     ts: str | None
     thread: bool = False  # the task's start message: later replies go in its thread
 
 
-@dataclass(frozen=True)
-class Skipped:
+class Skipped(NamedTuple):
     reason: str
 
 

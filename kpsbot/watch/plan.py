@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.models import RunningTask, TaskRecords
@@ -31,6 +31,7 @@ from kpsbot.store import (
 from kpsbot.watch.diff import LOOKUP_FAILED, UNKNOWN, Outcome, SnapshotDiff
 
 SAMPLE = 10  # tasks listed in a summary
+EMPTY: Mapping[Any, Any] = MappingProxyType({})  # the default of PollInput's mappings
 STARTED, FINISHED, STUCK = "started", "finished", "stuck"
 
 START_NOTES = {
@@ -43,8 +44,7 @@ START_NOTES = {
 # -- inputs -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProjectInfo:
+class ProjectInfo(NamedTuple):
     """A project as the planner names it: `id` keys its rows, `name` is shown when `named`."""
 
     id: str
@@ -57,8 +57,7 @@ class ProjectInfo:
         return self.name if self.named else None
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """A channel and what it wants to hear (a subscription, or KPSBOT_CHANNEL: everything)."""
 
     channel: str
@@ -90,8 +89,7 @@ class Route:
         return True
 
 
-@dataclass(frozen=True)
-class PollInput:
+class PollInput(NamedTuple):
     """One project's poll: what KPS said (or the error), and what the store knew before."""
 
     project: ProjectInfo
@@ -101,18 +99,17 @@ class PollInput:
     records: TaskRecords | None = None  # None: the poll failed
     error: KpsError | None = None
     diff: SnapshotDiff | None = None
-    known: Mapping[TaskKey, StoredTask] = field(default_factory=dict)  # stored rows of disappeared,
+    known: Mapping[TaskKey, StoredTask] = EMPTY  # stored rows of disappeared,
     # replaced and reappearing tasks
-    outcomes: Mapping[TaskKey, Outcome] = field(default_factory=dict)
+    outcomes: Mapping[TaskKey, Outcome] = EMPTY
     stuck: Sequence[StoredTask] = ()  # running tasks past the threshold, never alerted
-    starts: Mapping[TaskKey, frozenset[str]] = field(default_factory=dict)  # channels whose start
+    starts: Mapping[TaskKey, frozenset[str]] = EMPTY  # channels whose start
     # entry for the task exists (so a finish can wait for it and reply in its thread)
     last_seen: float | None = None  # the previous good poll of the project
     duration_ms: int = 0
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     """The planner's settings."""
 
     routes: tuple[Route, ...] = ()
@@ -124,8 +121,7 @@ class Policy:
 # -- what rules produce ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TaskChange:
+class TaskChange(NamedTuple):
     """A task that started, finished or went stuck in one poll: the one value its event, its
     stored row and its notifications are all made from."""
 
@@ -194,8 +190,7 @@ class TaskChange:
         return body
 
 
-@dataclass(frozen=True)
-class Notice:
+class Notice(NamedTuple):
     """One piece of news for the channels that want it."""
 
     kind: str
@@ -322,8 +317,7 @@ def outage_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[N
     error = poll.error
     failing_since = state.failing_since if state.failing_since is not None else poll.now
     announce = state.failures + 1 >= policy.outage_polls and not state.announced
-    write.state = replace(
-        state,
+    write.state = state._replace(
         failures=state.failures + 1,
         failing_since=failing_since,
         last_error=str(error),
@@ -347,8 +341,7 @@ def recovery_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable
     state = poll.state
     if poll.records is None:
         return []
-    write.state = replace(
-        write.state or state,
+    write.state = (write.state or state)._replace(
         baseline_at=state.baseline_at if state.baseline_at is not None else poll.now,
         failures=0,
         failing_since=None,
