@@ -331,17 +331,22 @@ class Watcher:
         begun = time.monotonic()
         policy = self.policy()
         pollers = [self._poller(project) for project in self.projects()]
-        reports = self._poll_all(pollers, policy)
+        reports = self._poll_all(pollers, policy, stop)
         self._maybe_prune()
         deadline = None if period is None else max(begun + period, time.monotonic() + period / 2)
         return CycleReport(tuple(reports), self.deliver(stop, may_send, deadline))
 
-    def _poll_all(self, pollers: list[ProjectPoller], policy: Policy) -> list[ProjectReport]:
+    def _poll_all(
+        self, pollers: list[ProjectPoller], policy: Policy, stop: threading.Event | None = None
+    ) -> list[ProjectReport]:
         def poll(poller: ProjectPoller) -> ProjectReport:
             try:
                 report = poller.poll(policy)[0]
             except Exception as exc:  # a bug in one project's poll must not stop the others
-                log.exception("the poll of project %s failed", poller.project.info.name)
+                if stop is not None and stop.is_set():  # the store closed under a poll at shutdown
+                    log.info("stopping: the poll of project %s was left unfinished", poller.project.info.name)
+                else:
+                    log.exception("the poll of project %s failed", poller.project.info.name)
                 report = ProjectReport(
                     poller.project.info.name, ok=False, error=f"{type(exc).__name__}: {exc}"
                 )

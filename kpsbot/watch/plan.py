@@ -295,11 +295,12 @@ def stuck_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[No
     """Tasks still running KPSBOT_STUCK_MINUTES after their task_time: one alert each, ever."""
     if not policy.stuck_minutes or poll.records is None:
         return []
-    finishing = {row.key for row in write.finished}
+    missing = set(poll.diff.disappeared) if poll.diff is not None else set()
+    over = set(poll.diff.replaced) if poll.diff is not None else set()
     notices = []
     for row in poll.stuck:
-        if row.key in finishing:
-            continue
+        if row.key in over or (row.key in missing and not _still_running(poll.outcomes.get(row.key))):
+            continue  # not in this list, and not known to be running: "still running" would be a guess
         task = row.task()
         change = TaskChange(STUCK, task, started_at=task.started_at, finished_at=_utc(poll.now))
         write.stuck.append(row.key)
@@ -307,6 +308,11 @@ def stuck_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[No
         payload = {**change.payload(poll.project), "minutes": policy.stuck_minutes}
         notices.append(Notice(STUCK, payload, change, group=STUCK))
     return notices
+
+
+def _still_running(outcome: Outcome | None) -> bool:
+    """A task missing from the list whose status says it runs on (the list missed it)."""
+    return outcome is not None and outcome.result != LOOKUP_FAILED and not outcome.finished
 
 
 def outage_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[Notice]:

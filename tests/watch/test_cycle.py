@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import threading
 
 from support.fake_slack import assert_valid_message
 
@@ -626,3 +628,50 @@ def test_a_finish_whose_outcome_is_not_known_yet_keeps_the_next_polls_diffing(si
         assert store.project_state("p1").listing_fingerprint is None
         kps.fail_status = False
         assert watcher.run_cycle().finished == 1
+
+
+def test_a_task_missing_from_the_list_is_alerted_stuck_only_once_its_status_says_it_runs(
+    sim, slack, clock, db_path
+):
+    kps = FlakyStatusKps(sim.url, "p1", AkSkAuth("AK", "SK", "p1"), retries=0, backoff=0)
+    with Store(db_path) as store:
+        watcher = build_watcher(
+            kps,
+            store,
+            senders={"*": slack_sender(slack)},
+            routes=[Route(CHANNEL)],
+            clock=clock,
+            stuck_minutes=30,
+        )
+        watcher.run_cycle()
+        task = sim.add_task(server_name="web-gone", task_time_ms=int(clock() * 1000))
+        watcher.run_cycle()
+        clock.advance(31 * 60)
+        sim.hide_task(task["task_id"])  # not in the list any more; its status cannot be read
+        kps.fail_status = True
+        watcher.run_cycle()
+        assert [p for p in posts(slack) if "still running" in p["args"]["text"]] == []  # it may be over
+        kps.fail_status = False
+        watcher.run_cycle()  # its status says RUNNING_: the list missed it, and it is stuck
+        assert len([p for p in posts(slack) if "still running" in p["args"]["text"]]) == 1
+
+
+class StopsWhilePolling(KpsClient):
+    """Sets `stop` (the process is stopping) and fails, as a poll does when the store closes under it."""
+
+    stop = threading.Event()
+
+    def running_task_records(self, page_size: int = 1000) -> TaskRecords:
+        self.stop.set()
+        raise RuntimeError("Cannot operate on a closed database.")
+
+
+def test_a_poll_cut_short_by_shutdown_logs_no_traceback(sim, slack, clock, db_path, caplog):
+    kps = StopsWhilePolling(sim.url, "p1", AkSkAuth("AK", "SK", "p1"), retries=0, backoff=0)
+    with Store(db_path) as store:
+        watcher = build_watcher(kps, store, clock=clock)
+        with caplog.at_level(logging.INFO, logger="kpsbot.watch.cycle"):
+            report = watcher.run_cycle(stop=kps.stop)
+    assert not report.ok
+    assert [r.levelname for r in caplog.records] == ["INFO"] and not caplog.records[0].exc_info
+    assert "left unfinished" in caplog.records[0].getMessage()
