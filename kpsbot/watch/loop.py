@@ -8,7 +8,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
 from kpsbot.store import Store
@@ -20,7 +19,7 @@ SEND_MARGIN = 2.0  # seconds of lease a send needs left: a standby cannot take o
 
 
 def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 class Lease:
