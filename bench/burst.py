@@ -212,7 +212,7 @@ def channels_table(size: int, count: int, pace: float) -> tuple[list[dict], int]
         print(f"\n{r['poll']} poll, per channel: messages, its filter, what its message says")
         for channel, n in r["messages_per_channel"].items():
             route = routes[channel]
-            wants = {k: v for k, v in vars(route).items() if k not in ("channel", "since") and v}
+            wants = {k: v for k, v in route._asdict().items() if k not in ("channel", "since") and v}
             filters = ", ".join(f"{k}={v}" for k, v in wants.items()) or "everything"
             print(f"  {channel:<11} {n}  {filters:<40} {r['texts'].get(channel, '-')[:70]}")
     bad = sum(r["invalid_messages"] + len(r["channels_over_rate_limit"]) for r in one + many) + (most > 3)
