@@ -27,10 +27,11 @@ def key_digest(task_id: str, task_time: str) -> int:
 
 def api_fields(row: Any) -> dict[str, str] | None:
     """The six API fields of a well-formed row (every one a string, a task_id that is its own
-    stripped self), or None when the row needs RunningTask.from_api's coercion."""
+    stripped self), or None when the row needs RunningTask.from_api's coercion. A row that is
+    exactly the six fields, in the API's order, is returned as it is (not copied)."""
     if type(row) is not dict:
         return None
-    fields = {name: row.get(name) for name in TASK_FIELDS}
+    fields = row if tuple(row) == TASK_FIELDS else {name: row.get(name) for name in TASK_FIELDS}
     for value in fields.values():
         if type(value) is not str:
             return None

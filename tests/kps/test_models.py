@@ -11,6 +11,7 @@ from kpsbot.kps.models import (
     RunningTask,
     TaskRecords,
     TaskStatus,
+    api_fields,
     listing_fingerprint,
     parse_operate_type,
 )
@@ -146,3 +147,21 @@ def test_the_listing_fingerprint_changes_with_any_byte_and_with_the_length():
     assert one != listing_fingerprint(zlib.crc32(b'{"total":2}'), 11)
     assert one != listing_fingerprint(zlib.crc32(b'{"total":1}'), 12)
     assert 0 <= one < 2**63  # an SQLite integer
+
+
+def test_api_fields_keeps_an_api_row_as_it_is_and_copies_any_other_shape():
+    row = {
+        "task_id": "t1",
+        "operate_type": "RUNNING_RESET",
+        "task_time": "1",
+        "server_name": "web",
+        "server_id": "s1",
+        "keypair_name": "kp",
+    }
+    assert api_fields(row) is row  # exactly the six fields in the API's order: no copy
+    extra = {**row, "task_status": "RUNNING_RESET"}
+    assert api_fields(extra) == row and api_fields(extra) is not extra
+    assert api_fields(dict(reversed(list(row.items())))) == row
+    assert api_fields({**row, "task_time": 1}) is None  # needs RunningTask.from_api's coercion
+    assert api_fields({**row, "task_id": " t1"}) is None
+    assert api_fields(["t1"]) is None
