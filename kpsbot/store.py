@@ -138,6 +138,16 @@ def _v2(db: Database) -> None:
     db.table("lease").create({"name": str, "owner": str, "expires_at": float}, pk="name")
 
 
+# The poll fast path's columns of project_state. Schema 3 creates them, but development builds of
+# 0.2 wrote schema-3 databases before they existed: _v4 adds what such a database lacks.
+FAST_PATH_COLUMNS = {
+    "snapshot_digest": int,
+    "snapshot_count": int,
+    "checked_at": float,
+    "listing_fingerprint": int,
+}
+
+
 def _v3(db: Database) -> None:
     """kpsbot 0.2: several projects, a task is (project, task_id, task_time), one start message
     (thread) per task and channel, subscriptions, per-channel delivery state, stuck alerts, the
@@ -211,10 +221,7 @@ def _v3(db: Database) -> None:
             "last_error": str,
             "auth_rejected": int,
             "announced": int,
-            "snapshot_digest": int,
-            "snapshot_count": int,
-            "checked_at": float,
-            "listing_fingerprint": int,
+            **FAST_PATH_COLUMNS,
         },
         pk="project",
         not_null={"failures", "auth_rejected", "announced"},
@@ -319,7 +326,15 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3)
+def _v4(db: Database) -> None:
+    """The snapshot digest and listing fingerprint in every schema-3 database (see above)."""
+    state = db.table("project_state")
+    for name, kind in FAST_PATH_COLUMNS.items():
+        if name not in state.columns_dict:
+            state.add_column(name, kind)
+
+
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -116,6 +116,23 @@ def test_migrates_a_version_1_database_keeping_its_data(tmp_path):
         assert store.acquire_lease("me", 10)
 
 
+def test_a_schema_3_database_of_before_the_fast_path_gets_its_columns(tmp_path):
+    # Development builds of 0.2 wrote schema 3 without project_state's fast-path columns.
+    path = tmp_path / "dev.db"
+    with Store(path) as store:
+        store.record_poll(started_poll())
+    db = Database(sqlite3.connect(path, isolation_level=None))
+    db.execute("delete from schema_version where version > 3")
+    db["project_state"].transform(drop=set(store_module.FAST_PATH_COLUMNS))
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.project_state(P).baseline_at == 1.0 and store.running_snapshot(P) == {"t1": KEY[1]}
+        state = store.project_state(P)._replace(snapshot_digest=7, snapshot_count=1, listing_fingerprint=9)
+        store.record_poll(PollWrite(project=P, at=200.0, ok=True, state=state))
+        assert store.project_state(P).listing_fingerprint == 9
+
+
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "new.db"
     Store(path).close()

@@ -47,6 +47,10 @@ def rows(path: Path, sql: str, params: tuple = ()) -> list[dict]:
         return [dict(row) for row in conn.execute(sql, params)]
 
 
+def versions(db) -> list[int]:
+    return [r["version"] for r in rows(db, "select version from schema_version order by rowid")]
+
+
 @pytest.fixture
 def db(tmp_path) -> Path:
     """A copy of the 0.1.0 file (with the 0.1 schema: never opened by this kpsbot before)."""
@@ -225,7 +229,7 @@ def test_watch_carries_on_from_the_010_database(kps, slack, db, tmp_path):
 def test_the_migrated_file_keeps_threads_projects_and_waiting_entries(kps, slack, db, stored, tmp_path):
     result = watch_once(environment(kps, slack, db), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [r["version"] for r in rows(db, "select version from schema_version order by rowid")] == [1, 2, 3]
+    assert versions(db) == [1, 2, 3, 4]
     threads = rows(db, "select project, task_id, task_time, channel, ts from threads order by task_id")
     assert [(t["project"], t["task_id"], t["task_time"], t["channel"], t["ts"]) for t in threads[:3]] == [
         (PROJECT, "task-a", stored["task-a"]["task_time"], CHANNEL, TS_A),
@@ -274,9 +278,9 @@ def test_migration_alone_leaves_what_was_pending_pending(db):
         {"dedup_key": f"finished:{b_key}", "after": f"started:{b_key}"},
         {"dedup_key": f"finished_edit:{b_key}", "after": f"started:{b_key}"},
     ]
-    assert [r["version"] for r in rows(db, "select version from schema_version order by rowid")] == [1, 2, 3]
+    assert versions(db) == [1, 2, 3, 4]
     Store(db).close()  # opening it again migrates nothing
-    assert len(rows(db, "select version from schema_version")) == 3
+    assert len(rows(db, "select version from schema_version")) == 4
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -297,9 +301,9 @@ def test_two_processes_upgrading_one_file_at_once_migrate_it_once(kps, slack, db
         assert "Traceback" not in stderr, stderr
         assert code == 0 or (code == 1 and "is watching" in stderr), stderr
     assert any(code == 0 for code, _, _ in results)
-    migrated = [stderr for _, _, stderr in results if "to schema version 3" in stderr]
+    migrated = [stderr for _, _, stderr in results if "to schema version 4" in stderr]
     assert len(migrated) == 1  # one process migrated the file; the other found it migrated
-    assert [r["version"] for r in rows(db, "select version from schema_version order by rowid")] == [1, 2, 3]
+    assert versions(db) == [1, 2, 3, 4]
     assert len(rows(db, "select 1 from threads where task_id in ('task-a', 'task-b', 'task-c')")) == 3
     # Whichever ran, each pending entry was posted once.
     posts = new_posts(slack)
