@@ -324,10 +324,10 @@ class Watcher:
         period: float | None = None,
     ) -> CycleReport:
         """Poll every project (a few at once; one failing never disturbs another), then deliver.
-        With `period` (the poll interval), no send starts once the cycle has run that long, though
-        delivery always gets half a period after the polls: a long queue (Slack's one message a
-        second per channel, Retry-After waits) never holds back the next poll, and is worked off
-        cycle by cycle."""
+        With `period` (the time until the next cycle is due), no send starts once the cycle has
+        run that long, though delivery always gets half a period after the polls: a long queue
+        (Slack's one message a second per channel, Retry-After waits) is worked off cycle by cycle
+        and delays the next poll only when the polls themselves took more than half a period."""
         begun = time.monotonic()
         policy = self.policy()
         pollers = [self._poller(project) for project in self.projects()]

@@ -16,6 +16,10 @@ from kpsbot.watch.cycle import CycleReport, Watcher
 log = logging.getLogger(__name__)
 
 SEND_MARGIN = 2.0  # seconds of lease a send needs left: a standby cannot take over mid-send
+# The least time between two cycles, as a share of the interval: a cycle that overran (KPS timing
+# out, slow pages) is not followed by the next poll at once, and a delivery that works off a long
+# queue stops this much before the next poll is due.
+PAUSE = 0.1
 
 
 def default_owner() -> str:
@@ -158,12 +162,14 @@ class WatcherLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def run_once(self) -> CycleReport | None:
-        """One iteration: take or renew the lease, and run a cycle if it is ours."""
+    def run_once(self, period: float | None = None) -> CycleReport | None:
+        """One iteration: take or renew the lease, and run a cycle if it is ours, its delivery
+        bounded by `period` (the interval unless given)."""
         if not self.lease.acquire():
             return None
         try:
-            report = self.watcher.run_cycle(self._stop, self.lease.valid, period=self.interval)
+            period = self.interval if period is None else period
+            report = self.watcher.run_cycle(self._stop, self.lease.valid, period=period)
         except Exception:
             log.exception("watcher cycle failed; trying again next interval")
             return None
@@ -175,12 +181,14 @@ class WatcherLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # One cycle per interval, counted from the cycle's start: a delivery that works off a
+            # long queue ends a pause before the next poll is due, and a cycle that overran is
+            # followed by the pause only.
             begun = time.monotonic()
-            self.run_once()
+            delay = self.interval * (1 + random.uniform(-self.jitter, self.jitter))
+            pause = self.interval * PAUSE
+            self.run_once(period=delay - pause)
             if self.max_cycles is not None and self.cycles >= self.max_cycles:
                 self.done.set()
                 return
-            # One cycle per interval, counted from the cycle's start: a cycle that delivered until
-            # its deadline is followed by the next poll at once.
-            delay = self.interval * (1 + random.uniform(-self.jitter, self.jitter))
-            self._stop.wait(max(begun + delay - time.monotonic(), 0.0))
+            self._stop.wait(max(begun + delay - time.monotonic(), pause))

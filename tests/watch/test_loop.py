@@ -6,7 +6,7 @@ import threading
 import time
 
 from kpsbot.store import Store
-from kpsbot.watch.loop import WatcherLoop
+from kpsbot.watch.loop import PAUSE, WatcherLoop
 from kpsbot.watch.plan import Route
 
 from .conftest import CHANNEL, build_watcher, slack_sender
@@ -83,6 +83,38 @@ class SlowWatcher(CountingWatcher):
         report = super().run_cycle(stop)
         time.sleep(self.seconds)
         return report
+
+
+class TimedWatcher(CountingWatcher):
+    """Records when each cycle began and the period it was given; each takes `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.calls: list[tuple[float, float | None]] = []
+
+    def run_cycle(self, stop=None, may_send=None, period=None):
+        self.calls.append((time.monotonic(), period))
+        time.sleep(self.seconds)
+        return super().run_cycle(stop, may_send, period)
+
+
+def test_cycles_start_every_interval_and_a_cycle_that_overran_is_followed_by_a_pause(tmp_path):
+    with Store(tmp_path / "k.db") as store:
+        quick = TimedWatcher(0.01)
+        loop = WatcherLoop(quick, store, interval=0.2, jitter=0).start()
+        wait_until(lambda: quick.cycles >= 4)
+        loop.stop()
+        slow = TimedWatcher(0.5)  # KPS timing out: every cycle takes longer than the interval
+        loop = WatcherLoop(slow, store, interval=0.2, jitter=0).start()
+        wait_until(lambda: slow.cycles >= 3)
+        loop.stop()
+    starts = [at for at, _ in quick.calls]
+    assert all(0.15 < b - a < 1.0 for a, b in zip(starts, starts[1:])), starts  # from start to start
+    # Delivery is given the interval less the pause, so it ends before the next poll is due.
+    assert {period for _, period in quick.calls} == {0.2 - 0.2 * PAUSE}
+    starts = [at for at, _ in slow.calls]
+    assert all(b - a >= 0.5 + 0.9 * 0.2 * PAUSE for a, b in zip(starts, starts[1:])), starts
 
 
 def test_a_cycle_longer_than_the_lease_keeps_the_lease(tmp_path):
