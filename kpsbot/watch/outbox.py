@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 CONSOLE = "console"  # the channel name of the terminal (demo, `watch` without KPSBOT_CHANNEL)
 ROUNDS = 4  # claims per delivery: entries that waited for one sent in the round before go too
+# Channels delivered at once. A channel's worker mostly waits for its pacer, and a channel that
+# waits for a worker gets less of the cycle's delivery time: one worker per channel up to this.
+CHANNEL_WORKERS = 32
 
 
 class Sender(Protocol):
@@ -102,7 +105,7 @@ class Outbox:
         max_attempts: int = 20,
         max_per_round: int = 500,
         pacer: Pacer | None = None,
-        channel_workers: int = 8,
+        channel_workers: int = CHANNEL_WORKERS,
         metrics: DeliveryMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

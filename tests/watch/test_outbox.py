@@ -60,6 +60,25 @@ def test_delivery_past_its_deadline_leaves_the_rest_queued_in_order(sim, slack, 
     assert starts(slack) == [f"Reset started on {name}" for name in queued]  # once each, in queue order
 
 
+def test_every_channel_gets_its_share_of_a_bounded_delivery(sim, slack, kps, db_path):
+    channels = [f"C{n:02d}" for n in range(12)]  # more channels than a few workers
+    with Store(db_path) as store:
+        watcher = build_watcher(
+            kps, store, senders={"*": slack_sender(slack)}, routes=[Route(c) for c in channels], burst=100
+        )
+        watcher.outbox.pacer = Pacer(0.2, burst=1)
+        watcher.run_cycle()  # the baselines take each channel's token
+        for n in range(8):
+            sim.add_task(server_name=f"web-{n:02d}")
+        report = watcher.run_cycle(period=1.5)  # about 7 messages a channel fit, if all are paced at once
+    assert report.delivery.pending > 0
+    sent = {c: 0 for c in channels}
+    for call in slack.calls_to("chat.postMessage"):
+        if " started on " in call["args"]["text"]:
+            sent[call["args"]["channel"]] += 1
+    assert min(sent.values()) >= 3, sent  # a channel that waited for a worker got one or two
+
+
 def test_the_loop_keeps_polling_while_a_long_queue_drains(sim, slack, kps, db_path):
     with Store(db_path) as store:
         watcher = build_watcher(
