@@ -344,7 +344,12 @@ class Watcher:
                 report = poller.poll(policy)[0]
             except Exception as exc:  # a bug in one project's poll must not stop the others
                 if stop is not None and stop.is_set():  # the store closed under a poll at shutdown
-                    log.info("stopping: the poll of project %s was left unfinished", poller.project.info.name)
+                    log.info(
+                        "stopping: the poll of project %s was left unfinished (%s: %s)",
+                        poller.project.info.name,
+                        type(exc).__name__,
+                        exc,
+                    )
                 else:
                     log.exception("the poll of project %s failed", poller.project.info.name)
                 report = ProjectReport(

@@ -674,4 +674,5 @@ def test_a_poll_cut_short_by_shutdown_logs_no_traceback(sim, slack, clock, db_pa
             report = watcher.run_cycle(stop=kps.stop)
     assert not report.ok
     assert [r.levelname for r in caplog.records] == ["INFO"] and not caplog.records[0].exc_info
-    assert "left unfinished" in caplog.records[0].getMessage()
+    message = caplog.records[0].getMessage()
+    assert "left unfinished (RuntimeError: Cannot operate on a closed database.)" in message
