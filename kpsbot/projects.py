@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.iam import IamClient, ProjectNotFound
+from kpsbot.logs import log_context
 from kpsbot.settings import ProjectSetting
 from kpsbot.store import Store
 
@@ -109,11 +110,17 @@ class ProjectDirectory:
             self._errors[setting.name] = str(exc)
             if strict:
                 raise
-            log.warning("cannot look up the ID of project %s in IAM (retrying later): %s", setting.name, exc)
+            log.warning(
+                "cannot look up the ID of project %s in IAM (retrying later): %s",
+                setting.name,
+                exc,
+                extra=log_context(project=setting.name),
+            )
             return
         self._errors.pop(setting.name, None)
         self._resolved[setting.name] = Project(setting.name, setting.region, project_id, IAM)
-        log.info("project %s has ID %s (from IAM)", setting.name, project_id)
+        context = log_context(project=setting.name)
+        log.info("project %s has ID %s (from IAM)", setting.name, project_id, extra=context)
         if self.store is not None:
             self.store.remember_project(setting.name, setting.region, project_id, IAM)
 

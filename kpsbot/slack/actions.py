@@ -9,6 +9,7 @@ from typing import Any
 
 from slack_bolt import App
 
+from kpsbot.logs import log_context
 from kpsbot.slack.access import REFUSAL, AccessPolicy
 from kpsbot.slack.blocks import NEXT, PREV, REFRESH, render_notice
 from kpsbot.slack.paging import BadPageValue, decode_page_value
@@ -33,7 +34,8 @@ def handle_paging(
     channel = (body.get("channel") or {}).get("id")
     action_id = action.get("action_id")
     if not access.allows(user, channel):
-        log.info("refused %s for user %s in channel %s (allow-list)", action_id, user, channel)
+        context = log_context(channel=channel)
+        log.info("refused %s for user %s in channel %s (allow-list)", action_id, user, channel, extra=context)
         _submit(work, send_notice, respond, render_notice(REFUSAL))
         return
     try:

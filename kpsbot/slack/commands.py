@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from slack_bolt import App
 
+from kpsbot.logs import log_context
 from kpsbot.slack.access import REFUSAL, AccessPolicy
 from kpsbot.slack.blocks import COMMAND, render_help, render_notice
 from kpsbot.slack.query import HELP, SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE, parse_command
@@ -45,7 +46,8 @@ def handle_kps_tasks(
             metrics.command(result)
 
     if not access.allows(user, channel):
-        log.info("refused /kps-tasks for user %s in channel %s (allow-list)", user, channel)
+        context = log_context(channel=channel)
+        log.info("refused /kps-tasks for user %s in channel %s (allow-list)", user, channel, extra=context)
         ack(**render_notice(REFUSAL), response_type="ephemeral")
         count("refused")
         return

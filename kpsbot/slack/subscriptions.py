@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kpsbot.logs import log_context
 from kpsbot.slack.blocks import render_notice
 from kpsbot.slack.kit import Message, context, message, section
 from kpsbot.slack.query import SUBSCRIBE, SUBSCRIPTIONS, UNSUBSCRIBE, Query
@@ -77,7 +78,13 @@ class SubscriptionCommands:
         try:
             self._answer(respond, query, user=user, channel=channel)
         except Exception:
-            log.exception("cannot answer /kps-tasks %s (user %s, channel %s)", query.kind, user, channel)
+            log.exception(
+                "cannot answer /kps-tasks %s (user %s, channel %s)",
+                query.kind,
+                user,
+                channel,
+                extra=log_context(channel=channel),
+            )
             send_notice(respond, render_notice(INTERNAL_ERROR))
 
     def _answer(
@@ -91,7 +98,13 @@ class SubscriptionCommands:
         if query.kind == SUBSCRIPTIONS:
             send_notice(respond, self.listing(channel))
         elif query.kind in (SUBSCRIBE, UNSUBSCRIBE) and self.admins and user not in self.admins:
-            log.info("refused %s for user %s in channel %s (KPSBOT_ADMIN_USERS)", query.kind, user, channel)
+            log.info(
+                "refused %s for user %s in channel %s (KPSBOT_ADMIN_USERS)",
+                query.kind,
+                user,
+                channel,
+                extra=log_context(channel=channel),
+            )
             send_notice(respond, render_notice(ADMINS_ONLY))
         elif query.kind == SUBSCRIBE:
             self.subscribe(respond, query, user=user, channel=channel)
@@ -132,7 +145,12 @@ class SubscriptionCommands:
             self.post(channel, confirmation)
         except DeliveryFailure as exc:
             self.store.remove_subscriptions([subscription.id])
-            log.info("subscription for channel %s not stored: cannot post there (%s)", channel, exc.reason)
+            log.info(
+                "subscription for channel %s not stored: cannot post there (%s)",
+                channel,
+                exc.reason,
+                extra=log_context(channel=channel),
+            )
             if exc.kind == CHANNEL:
                 send_notice(respond, render_notice(INVITE.format(error=inline(exc.reason, 100))))
             else:
@@ -148,7 +166,14 @@ class SubscriptionCommands:
             self.store.remove_subscriptions([subscription.id])  # not stored unless confirmed
             raise
         self.store.activate_subscription(subscription.id)
-        log.info("channel %s subscribed by %s: %s (subscription %d)", channel, user, what, subscription.id)
+        log.info(
+            "channel %s subscribed by %s: %s (subscription %d)",
+            channel,
+            user,
+            what,
+            subscription.id,
+            extra=log_context(channel=channel),
+        )
 
     # -- subscriptions --------------------------------------------------------------
 
@@ -203,7 +228,9 @@ class SubscriptionCommands:
             return
         self.store.remove_subscriptions([s.id for s in chosen])
         numbers = ", ".join(str(s.id) for s in chosen)
-        log.info("channel %s unsubscribed by %s: %s", channel, user, numbers)
+        log.info(
+            "channel %s unsubscribed by %s: %s", channel, user, numbers, extra=log_context(channel=channel)
+        )
         text = f":no_bell: {_mention(user)} removed this channel's KPS subscription {numbers}{extra}"
         try:
             if self.post is None:

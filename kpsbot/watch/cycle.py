@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import TaskRecords, key_digest
+from kpsbot.logs import log_context
 from kpsbot.store import PollWrite, ProjectState, Store
 from kpsbot.watch.diff import SnapshotDiff, diff_snapshot
 from kpsbot.watch.outbox import DeliveryReport, Outbox
@@ -152,7 +153,12 @@ class ProjectPoller:
             error: KpsError | None = None
         except KpsError as exc:
             records, error = None, exc
-            log.warning("KPS poll of project %s failed: %s", self.project.info.name, exc)
+            log.warning(
+                "KPS poll of project %s failed: %s",
+                self.project.info.name,
+                exc,
+                extra=log_context(project=self.project.info.name),
+            )
         stored: dict[str, str] | None = None
         same = self._unchanged(state, records, now) if records is not None else None
         if records is not None and same is None:
@@ -181,7 +187,12 @@ class ProjectPoller:
             duration_s=time.monotonic() - begun,
         )
         if report.baseline:
-            log.info("baseline: %d tasks already running in project %s", report.tasks, self.project.info.name)
+            log.info(
+                "baseline: %d tasks already running in project %s",
+                report.tasks,
+                self.project.info.name,
+                extra=log_context(project=self.project.info.name),
+            )
         return report, write
 
     @staticmethod
@@ -349,9 +360,14 @@ class Watcher:
                         poller.project.info.name,
                         type(exc).__name__,
                         exc,
+                        extra=log_context(project=poller.project.info.name),
                     )
                 else:
-                    log.exception("the poll of project %s failed", poller.project.info.name)
+                    log.exception(
+                        "the poll of project %s failed",
+                        poller.project.info.name,
+                        extra=log_context(project=poller.project.info.name),
+                    )
                 report = ProjectReport(
                     poller.project.info.name, ok=False, error=f"{type(exc).__name__}: {exc}"
                 )

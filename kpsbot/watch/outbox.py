@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple, Protocol
 
 from kpsbot.kps.models import RunningTask
+from kpsbot.logs import log_context
 from kpsbot.slack import notifications as note
 from kpsbot.slack.sender import AUTH, CHANNEL, CONNECTION, GONE, RATE_LIMITED, SERVER, DeliveryFailure
 from kpsbot.store import OutboxEntry, Store
@@ -194,6 +195,10 @@ class Outbox:
     def _channel(self, entry: OutboxEntry) -> str:
         return entry.channel or self.fixed_channel or CONSOLE
 
+    def _context(self, entry: OutboxEntry) -> dict[str, str]:
+        """The JSON log fields of a record about `entry`."""
+        return log_context(project=entry.project, task_id=entry.task_id, channel=self._channel(entry))
+
     def _deliver_channel(
         self,
         channel: str,
@@ -233,7 +238,10 @@ class Outbox:
                     self.metrics.notification_failed(exc.metric_reason)
                 if exc.kind == GONE and entry.kind == "finished_edit":
                     log.warning(
-                        "start message of task %s can no longer be edited: %s", entry.task_id, exc.reason
+                        "start message of task %s can no longer be edited: %s",
+                        entry.task_id,
+                        exc.reason,
+                        extra=self._context(entry),
                     )
                     self.store.mark_failed(entry.id, error=exc.reason, status="skipped")
                     tally.add(skipped=1)
@@ -243,7 +251,12 @@ class Outbox:
                     return  # the rest of this channel waits for the next round
                 continue
             except Exception as exc:  # a bug must not stop the queue behind this entry
-                log.exception("cannot deliver the %s notification %s", entry.kind, entry.dedup_key)
+                log.exception(
+                    "cannot deliver the %s notification %s",
+                    entry.kind,
+                    entry.dedup_key,
+                    extra=self._context(entry),
+                )
                 reason = f"{type(exc).__name__}: {exc}"
                 tally.add(error=reason)
                 self._retry(entry, DeliveryFailure(reason))
@@ -282,13 +295,15 @@ class Outbox:
                 exc.reason,
                 entry.kind,
                 entry.dedup_key,
+                extra=self._context(entry),
             )
             self.store.channel_failing(channel, exc.reason, self.clock())
             self.store.mark_failed(entry.id, error=exc.reason)
             return True
         if exc.kind == RATE_LIMITED:
             wait = max(exc.retry_after or 1.0, 1.0)
-            log.warning("Slack rate-limits channel %s: pausing it for %.0f s", channel, wait)
+            context = log_context(channel=channel)
+            log.warning("Slack rate-limits channel %s: pausing it for %.0f s", channel, wait, extra=context)
             self.store.pause_channel(channel, self.clock() + wait)
             return False
         self._retry(entry, exc)
@@ -304,6 +319,7 @@ class Outbox:
                 entry.dedup_key,
                 attempts,
                 exc.reason,
+                extra=self._context(entry),
             )
             self.store.mark_failed(entry.id, error=exc.reason)
             return
@@ -316,6 +332,7 @@ class Outbox:
             attempts,
             exc.reason,
             wait,
+            extra=self._context(entry),
         )
         self.store.mark_retry(entry.id, error=exc.reason, next_attempt_at=self.clock() + wait)
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from kpsbot.kps.client import KpsClient, KpsError
 from kpsbot.kps.models import TaskStatus
+from kpsbot.logs import log_context
 from kpsbot.store import StoredTask, TaskKey
 from kpsbot.watch.diff import FailedIndex, Outcome, classify, classify_replaced, failed_index
 
@@ -40,6 +41,7 @@ class OutcomeLookup:
                     "status of task %s unknown for now (%s); asking again next poll",
                     key[0],
                     outcome.error_msg,
+                    extra=log_context(task_id=key[0]),
                 )
         return outcomes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -52,6 +53,21 @@ def test_watch_once_posts_and_prints_a_summary(sim, slack, env, tmp_path):
     assert result.stdout.startswith("2 tasks running, 1 started, 0 finished; 1 delivered")
     assert [c["args"]["channel"] for c in slack.calls_to("chat.postMessage")] == [CHANNEL, CHANNEL]
     assert os.stat(env["KPSBOT_DB"]).st_mode & 0o777 == 0o600
+
+
+def test_json_log_lines_name_the_project_task_and_channel_they_are_about(sim, slack, env, tmp_path):
+    env.update(KPSBOT_LOG_FORMAT="json", KPSBOT_LOG_LEVEL="INFO")
+    sim.add_task()
+    result = watch_once(env, tmp_path)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    [baseline] = [line for line in lines if line["message"].startswith("baseline:")]
+    assert baseline["project"] == "p1" and "channel" not in baseline
+    task = sim.add_task(server_name="web-02")
+    slack.fail_next(1, error="channel_not_found", method="chat.postMessage")
+    result = watch_once(env, tmp_path)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    [refused] = [line for line in lines if line["message"].startswith("Slack refused channel")]
+    assert (refused["project"], refused["task_id"], refused["channel"]) == ("p1", task["task_id"], CHANNEL)
 
 
 def test_watch_once_without_a_channel_prints_notifications(sim, env, tmp_path):
