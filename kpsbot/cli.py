@@ -15,7 +15,14 @@ import click
 import orjson
 
 from kpsbot import __version__
-from kpsbot.settings import Settings, SettingsError, log_format_from, read_environment, settings_from
+from kpsbot.settings import (
+    Settings,
+    SettingsError,
+    log_format_from,
+    missing_half,
+    read_environment,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -592,9 +599,13 @@ def simulate(
         projects = [ProjectSetting(name=project_id, region=None, id=project_id)]
     projects = projects or list(settings.projects) or [ProjectSetting("cn-north-4", "cn-north-4", None)]
     ak, sk = ak or settings.ak, sk or settings.sk
-    if bool(ak) != bool(sk):
-        missing = "CLOUD_SDK_SK (or --sk)" if ak else "CLOUD_SDK_AK (or --ak)"
-        fail(f"{missing} is not set: the simulator checks signatures with both AK and SK", EXIT_USAGE)
+    missing = missing_half(ak, sk)
+    if missing:
+        option = "--sk" if missing == "CLOUD_SDK_SK" else "--ak"
+        fail(
+            f"{missing} (or {option}) is not set: the simulator checks signatures with both AK and SK",
+            EXIT_USAGE,
+        )
     sims = [
         Simulator(
             project_id=project.id,

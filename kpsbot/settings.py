@@ -57,6 +57,14 @@ def region_of(name: str) -> str:
     return name.partition("_")[0]
 
 
+def missing_half(ak: str | None, sk: str | None) -> str | None:
+    """The setting an AK/SK pair lacks when only one half is given ("CLOUD_SDK_SK" or
+    "CLOUD_SDK_AK"); None for both or neither."""
+    if bool(ak) == bool(sk):
+        return None
+    return "CLOUD_SDK_SK" if ak else "CLOUD_SDK_AK"
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     projects: tuple[ProjectSetting, ...] = ()
@@ -114,8 +122,8 @@ class Settings:
                 "no KPS project is configured: set KPS_PROJECTS (e.g. KPS_PROJECTS=cn-north-4,"
                 "ap-southeast-1_prod), or KPS_REGION (and KPS_PROJECT_ID)"
             )
-        if bool(self.ak) != bool(self.sk):
-            missing = "CLOUD_SDK_SK" if self.ak else "CLOUD_SDK_AK"
+        missing = missing_half(self.ak, self.sk)
+        if missing:
             raise SettingsError(
                 f"{missing} is not set: AK/SK signing needs both CLOUD_SDK_AK and CLOUD_SDK_SK"
             )

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from kpsbot.kps.client import KpsError
-from kpsbot.kps.models import RunningTask, TaskRecords
+from kpsbot.kps.models import RunningTask, TaskRecords, utc
 from kpsbot.slack.text import action_label
 from kpsbot.store import (
     EventRow,
@@ -211,10 +211,6 @@ class Notice(NamedTuple):
 Rule = Callable[[PollInput, Policy, PollWrite], Iterable[Notice]]
 
 
-def _utc(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
 def counts_by_action(tasks: Iterable[RunningTask]) -> dict[str, int]:
     return dict(Counter(action_label(t.action, t.operate_type) for t in tasks))
 
@@ -280,8 +276,8 @@ def finish_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[N
             FINISHED,
             task,
             outcome,
-            started_at=task.started_at or _utc(row.first_seen),
-            finished_at=_utc(poll.now),
+            started_at=task.started_at or utc(row.first_seen),
+            finished_at=utc(poll.now),
             start_kind=row.start_kind,
             first_seen=row.first_seen,
         )
@@ -302,7 +298,7 @@ def stuck_rule(poll: PollInput, policy: Policy, write: PollWrite) -> Iterable[No
         if row.key in over or (row.key in missing and not _still_running(poll.outcomes.get(row.key))):
             continue  # not in this list, and not known to be running: "still running" would be a guess
         task = row.task()
-        change = TaskChange(STUCK, task, started_at=task.started_at, finished_at=_utc(poll.now))
+        change = TaskChange(STUCK, task, started_at=task.started_at, finished_at=utc(poll.now))
         write.stuck.append(row.key)
         write.events.append(change.event(poll.now))
         payload = {**change.payload(poll.project), "minutes": policy.stuck_minutes}
