@@ -14,6 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -22,13 +25,14 @@ from support.fake_slack import FakeSlack
 from support.run_process import free_port, stop_within, wait_healthy, wait_until
 from support.slack_requests import SECRET
 
-from kpsbot.cli import Cloud
+from kpsbot.cli import MAX_IN_FLIGHT, Cloud
 from kpsbot.kps.client import KpsError
 from kpsbot.kps.iam import ProjectNotFound
 from kpsbot.projects import ProjectDirectory
 from kpsbot.settings import settings_from
 from kpsbot.simulator import AuthFailure, Simulator, SimulatorServer, verify_request
 from kpsbot.simulator import http as sim_http
+from kpsbot.simulator.loopback import BackgroundHTTPServer, QuietHandler
 from kpsbot.store import Store
 
 AK, SK = "AKPROJTEST0001", "sk-proj-test-secret-0001"
@@ -705,3 +709,64 @@ def test_healthz_shows_each_project_and_one_iam_could_not_resolve_until_iam_is_b
     stderr = process.stderr.read()
     assert code == 0, stderr
     assert SK not in stderr and SECRET not in stderr
+
+
+class InFlightKps(QuietHandler):
+    """A KPS that takes 50 ms an answer and counts the requests it is answering at once. Every
+    project has the tasks in `server.tasks`; each of them, asked for, has succeeded."""
+
+    server: BackgroundHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 - BaseHTTPRequestHandler's name
+        server = self.server
+        with server.lock:  # type: ignore[attr-defined]
+            server.now += 1  # type: ignore[attr-defined]
+            server.most = max(server.most, server.now)  # type: ignore[attr-defined]
+        try:
+            time.sleep(0.05)
+            path = urlsplit(self.path).path
+            if path.endswith("/running-tasks"):
+                tasks = server.tasks  # type: ignore[attr-defined]
+                self.send_json(200, {"total": len(tasks), "tasks": tasks})
+            elif path.endswith("/failed-tasks"):
+                self.send_json(200, {"total": 0, "tasks": []})
+            else:
+                task_id = path.rsplit("/", 1)[1]
+                self.send_json(200, {"task_id": task_id, "task_status": "SUCCESS_RESET", "server_id": "s"})
+        finally:
+            with server.lock:  # type: ignore[attr-defined]
+                server.now -= 1  # type: ignore[attr-defined]
+
+
+def test_at_most_eight_kps_requests_are_in_flight_over_every_project(tmp_path):
+    server = BackgroundHTTPServer(("127.0.0.1", 0), InFlightKps)
+    server.lock, server.now, server.most = threading.Lock(), 0, 0  # type: ignore[attr-defined]
+    server.tasks = [  # type: ignore[attr-defined]
+        {
+            "task_id": f"t{n:02d}",
+            "operate_type": "RUNNING_RESET",
+            "task_time": "1790000000000",
+            "server_name": f"web-{n:02d}",
+            "server_id": "s",
+            "keypair_name": "kp",
+        }
+        for n in range(20)
+    ]
+    server.start_background("in-flight-kps")
+    try:
+        projects = ",".join(f"{NORTH}_p{n:02d}:p{n:02d}" for n in range(12))
+        env = {
+            "KPS_PROJECTS": projects,
+            "KPS_ENDPOINT": server.url,
+            "KPS_AUTH_TOKEN": "token",
+            "KPSBOT_DB": str(tmp_path / "k.db"),
+            "KPSBOT_PACE_SECONDS": "0",
+        }
+        assert run_cli(["watch", "--once"], tmp_path, env).returncode == 0  # the baselines
+        server.tasks, server.most = [], 0  # type: ignore[attr-defined]
+        result = run_cli(["watch", "--once"], tmp_path, env)  # 240 finished: 240 status GETs
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count(": 0 tasks running, 0 started, 20 finished") == 12, result.stdout
+    finally:
+        server.stop_background()
+    assert 4 <= server.most <= MAX_IN_FLIGHT == 8, server.most  # type: ignore[attr-defined]
