@@ -35,11 +35,12 @@ def make_bot(
     home: Callable[[], HomeStatus] | None = None,
     db_path: str = ":memory:",
 ):
-    """The Slack app as `kpsbot run` composes it (settings -> clients -> app), served on loopback."""
+    """The Slack app as `kpsbot run` composes it (settings -> clients -> app), served on loopback;
+    the one project p1 in cn-north-4 unless `env` gives KPS_PROJECTS."""
+    project = {} if "KPS_PROJECTS" in (env or {}) else {"KPS_PROJECT_ID": PROJECT, "KPS_REGION": "cn-north-4"}
     settings = settings_from(
         {
-            "KPS_PROJECT_ID": PROJECT,
-            "KPS_REGION": "cn-north-4",
+            **project,
             "KPS_ENDPOINT": sim_url,
             "CLOUD_SDK_AK": "AK",
             "CLOUD_SDK_SK": "SK",
