@@ -63,11 +63,13 @@ def handle_kps_tasks(
             return
         job: Callable[..., Any] = subscriptions.answer
         submitted = work.submit(job, respond, query, user=user, channel=channel)
+        result = "refused" if subscriptions.refuses(user, query) else "ok"  # the job says why
     else:
         submitted = work.submit(replies.answer, respond, query, who=f"user={user} channel={channel}")
+        result = "ok"
     if submitted:
         ack()
-        count("ok")
+        count(result)
     else:
         ack(**render_notice(BUSY), response_type="ephemeral")
         count("busy")

@@ -70,6 +70,10 @@ class SubscriptionCommands:
         self.fixed_channel = fixed_channel
         self.admins = tuple(admins)
 
+    def refuses(self, user: str | None, query: Query) -> bool:
+        """True if `user` may not make this change (KPSBOT_ADMIN_USERS); anyone allowed may list."""
+        return query.kind in (SUBSCRIBE, UNSUBSCRIBE) and bool(self.admins) and user not in self.admins
+
     def answer(
         self, respond: Callable[..., Any], query: Query, *, user: str | None, channel: str | None
     ) -> None:
@@ -97,7 +101,7 @@ class SubscriptionCommands:
             return
         if query.kind == SUBSCRIPTIONS:
             send_notice(respond, self.listing(channel))
-        elif query.kind in (SUBSCRIBE, UNSUBSCRIBE) and self.admins and user not in self.admins:
+        elif self.refuses(user, query):
             log.info(
                 "refused %s for user %s in channel %s (KPSBOT_ADMIN_USERS)",
                 query.kind,

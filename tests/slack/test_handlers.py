@@ -67,6 +67,7 @@ def parts():
             self.respond = Mock(name="respond")
             self.replies = stub_replies()
             self.subscriptions = Mock(name="subscriptions")
+            self.subscriptions.refuses.return_value = False
             self.work = InlineWork()
             self.metrics = RecordingMetrics()
             self.access = AccessPolicy()
@@ -207,6 +208,14 @@ def test_subscription_commands_go_to_the_subscriptions_object(parts, text, query
     parts.subscriptions.answer.assert_called_once_with(parts.respond, query, user="U7", channel="C7")
     parts.replies.answer.assert_not_called()
     assert parts.metrics.results == ["ok"]
+
+
+def test_a_change_the_admin_list_refuses_is_counted_refused_and_answered_by_the_job(parts):
+    parts.subscriptions.refuses.side_effect = lambda user, query: query.kind != SUBSCRIPTIONS
+    parts.run("subscribe reset", user="U9")
+    parts.run("subscriptions", user="U9")
+    assert parts.subscriptions.answer.call_count == 2  # the refusal itself comes from the job
+    assert parts.metrics.results == ["refused", "ok"]
 
 
 @pytest.mark.parametrize("text", ["subscribe", "subscriptions", "unsubscribe 1"])
