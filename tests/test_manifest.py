@@ -34,7 +34,7 @@ def test_manifest_validates_against_slacks_schema(manifest):
 def test_manifest_declares_what_kpsbot_uses(manifest):
     [command] = manifest["features"]["slash_commands"]
     assert command["command"] == "/kps-tasks"
-    assert "status <task_id>" in command["usage_hint"]
+    assert "status <task_id>" in command["usage_hint"] and "subscribe" in command["usage_hint"]
     assert manifest["features"]["bot_user"]["display_name"]
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {"commands", "chat:write", "chat:write.public"}
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
