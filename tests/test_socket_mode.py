@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from support.fake_slack import FakeSlack, assert_valid_message
 from support.fake_socket_mode import FakeSocketMode
 from support.run_process import free_port, run_environment, start, stop_within, wait_healthy
@@ -142,7 +143,7 @@ def test_reconnects_after_the_connection_drops(bot):
     assert_stops_cleanly(bot)
 
 
-def test_healthz_is_served_on_port_beside_the_socket(backends, tmp_path):
+def test_healthz_and_metrics_are_served_on_port_beside_the_socket(backends, tmp_path):
     sim, sim_url, fake, socket_mode = backends
     port = free_port()
     process = start(socket_environment(sim_url, fake, PORT=str(port)), tmp_path)
@@ -154,6 +155,15 @@ def test_healthz_is_served_on_port_beside_the_socket(backends, tmp_path):
         assert requests.post(f"{url}/slack/events", data="x", timeout=5).status_code == 404
         bot.send_command(name="page")
         assert f"of *{TASKS}*" in str(bot.reply("page"))
+        metrics = requests.get(f"{url}/metrics", timeout=5)
+        assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+        commands = {
+            sample.labels["result"]: sample.value
+            for family in text_string_to_metric_families(metrics.text)
+            for sample in family.samples
+            if sample.name == "kpsbot_commands_total"
+        }
+        assert commands["ok"] == 1 and commands["refused"] == 0  # the command sent over the socket
     finally:
         assert_stops_cleanly(bot)
 
