@@ -11,7 +11,9 @@ from support.fake_slack import assert_valid_message
 
 from kpsbot.kps.auth import AkSkAuth
 from kpsbot.kps.client import KpsClient
+from kpsbot.projects import ProjectDirectory
 from kpsbot.simulator import Simulator, SimulatorServer
+from kpsbot.status import health_report
 from kpsbot.store import Store
 from kpsbot.watch.cycle import WatchedProject, Watcher
 from kpsbot.watch.outbox import Outbox, Pacer
@@ -186,11 +188,20 @@ def test_a_channel_that_fails_for_good_never_holds_back_another(account, slack, 
     # The failing channel is marked and its entries dropped; the other channel got both starts.
     assert len(starts(slack, RESETS)) == 2 and report.pending == 0 and starts(slack, EVERYTHING) == []
     assert watcher.store.failing_channels() == {EVERYTHING: "not_in_channel"}
+    assert healthz(watcher.store)["failing_channels"] == {EVERYTHING: "not_in_channel"}
     # The subscription is kept: once the bot is invited again, the channel receives and is well again.
     sims[PROD].add_task(operate_type="RUNNING_RESET", server_name="web-3")
     watcher.run_cycle()
     assert starts(slack, EVERYTHING) == [f"Reset started on web-3 in {PROD}"]
-    assert watcher.store.failing_channels() == {}
+    assert watcher.store.failing_channels() == {} and healthz(watcher.store)["failing_channels"] == {}
+
+
+def healthz(store) -> dict:
+    """`/healthz` as kpsbot run builds it from this database (no projects of its own)."""
+    directory = ProjectDirectory((), store=store, iam=None)
+    return health_report(
+        version="t", mode="http", leader=True, configured=(), directory=directory, store=store
+    )
 
 
 def test_a_rate_limited_channel_waits_alone(account, slack, make, clock):
