@@ -14,6 +14,12 @@ from support.fake_slack import FakeSlack
 from kpsbot.simulator import Simulator, SimulatorServer
 
 
+def polled_since(bot, moment: datetime, health: dict | None = None) -> bool:
+    """True once the bot's last successful poll asked KPS after `moment`."""
+    last = (health if health is not None else bot.health() or {}).get("last_successful_poll")
+    return bool(last) and datetime.fromisoformat(last) > moment
+
+
 def leaders(*bots) -> list[str]:
     return [bot.name for bot in bots if (bot.health() or {}).get("watcher") == "leader"]
 
@@ -62,15 +68,19 @@ def test_one_leader_posts_and_the_other_takes_over_on_sigterm_and_on_sigkill(tmp
         took_over_after_sigkill = time.monotonic() - killed
         time.sleep(3)
 
+        # No more starts; then a poll that asked after that has listed every task there is. (A
+        # status look-up after the last listing can start one — the simulator starts tasks when
+        # asked anything — and ending it before any listing would make it one no poller sees.)
         sim.rate = 0.0
+        paused = datetime.now(timezone.utc)
+        wait_until(lambda: polled_since(c, paused), 10, "c to list the last starts")
         for n, task in enumerate(sim.running()):  # end the rest now rather than waiting for them
             sim.finish_task(task["task_id"], success=n % 3 != 0)
         since = datetime.now(timezone.utc)
 
         def delivered() -> bool:
             health = c.health() or {}
-            last = health.get("last_successful_poll")
-            return bool(last) and datetime.fromisoformat(last) > since and not health["pending_notifications"]
+            return polled_since(c, since, health) and not health["pending_notifications"]
 
         wait_until(delivered, 20, "c to deliver the last finishes")
         assert c.stop(signal.SIGTERM) == 0
