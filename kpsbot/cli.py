@@ -522,8 +522,11 @@ def run_watcher_alone(watcher: Watcher, store: Store, settings: Settings) -> Non
     from kpsbot.services import run_services
 
     names = ", ".join(p.name for p in settings.projects)
-    log.info("watching %s every %d s (Ctrl-C stops)", names, settings.poll_seconds)
-    run_services([watcher_loop(watcher, store, settings)])
+
+    def ready() -> None:
+        log.info("watching %s every %d s (Ctrl-C stops)", names, settings.poll_seconds)
+
+    run_services([watcher_loop(watcher, store, settings)], ready=ready)
 
 
 # -- kpsbot simulate ---------------------------------------------------------------

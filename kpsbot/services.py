@@ -32,13 +32,17 @@ def run_services(
     budget: float = STOP_BUDGET,
     tick: Callable[[], None] | None = None,
     tick_seconds: float = 0.5,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Start `services` in order, block until SIGTERM/SIGINT (or `stop` is set), then stop them in
     reverse order within `budget` seconds in all.
 
-    `tick`, when given, runs on this thread every `tick_seconds` while waiting (the simulator's
-    clock, the demo's bounds); it may set `stop`. Signal handlers are installed only when called
-    from the main thread, and the previous ones are restored on the way out.
+    `ready`, when given, runs once every service has started and the signal handlers are in place:
+    whatever tells the outside world the process is up (a start-up line) belongs there, so a
+    SIGTERM that follows it is always a clean stop. `tick`, when given, runs on this thread every
+    `tick_seconds` while waiting (the simulator's clock, the demo's bounds); it may set `stop`.
+    Signal handlers are installed only when called from the main thread, and the previous ones are
+    restored on the way out.
     """
     stop = stop or threading.Event()
     previous = _install_signal_handlers(stop)
@@ -47,6 +51,8 @@ def run_services(
         for service in services:
             service.start()
             started.append(service)
+        if ready is not None:
+            ready()
         while not stop.wait(tick_seconds):
             if tick is not None:
                 tick()

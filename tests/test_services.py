@@ -104,6 +104,22 @@ def test_run_services_starts_in_order_and_stops_in_reverse_even_when_one_fails()
     assert len(ticks) == 3
 
 
+def test_ready_runs_once_every_service_started_and_sigterm_is_handled():
+    # What announces the process (the simulator's start-up line) comes after the handlers, so a
+    # SIGTERM sent on seeing it is a clean stop, never the default action (exit -15).
+    log: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def ready() -> None:
+        log.append("ready")
+        assert signal.getsignal(signal.SIGTERM) is not before
+        signal.raise_signal(signal.SIGTERM)  # at once, as a test that saw the line may
+
+    run_services([Recorder("a", log), Recorder("b", log)], tick_seconds=0.05, ready=ready)
+    assert log == ["start a", "start b", "ready", "stop b", "stop a"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_run_services_stops_on_sigterm_and_restores_the_handler():
     log: list[str] = []
     before = signal.getsignal(signal.SIGTERM)

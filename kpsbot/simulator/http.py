@@ -492,11 +492,12 @@ def serve(host: str, port: int, sims: Simulator | Sequence[Simulator], out: Text
     from kpsbot.services import run_services
 
     server = SimulatorServer(sims, host, port)
-    server.start()  # binds now: a port in use fails here, before the start-up line
-    print(startup_line(server), file=out or sys.stdout, flush=True)
 
     def tick() -> None:
         for sim in server.sims:
             sim.tick()
 
-    run_services([server], tick=tick, tick_seconds=1.0)
+    def ready() -> None:  # bound (a port in use has failed by now) and SIGTERM handled
+        print(startup_line(server), file=out or sys.stdout, flush=True)
+
+    run_services([server], tick=tick, tick_seconds=1.0, ready=ready)
