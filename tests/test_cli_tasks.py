@@ -1,11 +1,9 @@
 """`kpsbot tasks` as a real subprocess against the simulator on loopback."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from support.run_process import clean_environment, run_kpsbot
 
 from kpsbot.simulator import Simulator, SimulatorServer
 
@@ -21,16 +19,7 @@ def sim():
 
 
 def run_cli(args, tmp_path, env=None, timeout=60):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK"))}
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "kpsbot", *args],
-        cwd=tmp_path,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_kpsbot(args, tmp_path, clean_environment(**(env or {})), timeout)
 
 
 def kps_env(sim, **extra):

@@ -3,7 +3,6 @@
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from support import run_process
 
 from kpsbot.logs import (
     JsonFormatter,
@@ -193,15 +193,7 @@ def test_json_uncaught_exceptions_are_records_and_text_restores_the_hooks(capsys
 
 
 def run_kpsbot(args: list[str], cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK"))}
-    return subprocess.run(
-        [sys.executable, "-m", "kpsbot", *args],
-        cwd=cwd,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_process.run_kpsbot(args, cwd, run_process.clean_environment(**env))
 
 
 def test_settings_error_is_one_json_line(tmp_path):

@@ -22,7 +22,14 @@ import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 from support.fake_slack import FakeSlack
-from support.run_process import free_port, stop_within, wait_healthy, wait_until
+from support.run_process import (
+    clean_environment,
+    free_port,
+    run_kpsbot,
+    stop_within,
+    wait_healthy,
+    wait_until,
+)
 from support.slack_requests import SECRET
 
 from kpsbot.cli import MAX_IN_FLIGHT, Cloud
@@ -89,16 +96,7 @@ def directory(env: dict, store: Store | None, **options) -> ProjectDirectory:
 
 
 def run_cli(args: list[str], cwd, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
-    base.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "kpsbot", *args],
-        cwd=cwd,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_kpsbot(args, cwd, clean_environment(**env), timeout)
 
 
 def reason_line(stderr: str) -> str:

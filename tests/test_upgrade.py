@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from support.fake_slack import FakeSlack
+from support.run_process import run_kpsbot
 
 from kpsbot.simulator import Simulator, SimulatorServer
 from kpsbot.store import Store
@@ -143,14 +144,7 @@ def environment(kps: Simulator, slack: FakeSlack, db: Path, **extra: str) -> dic
 
 
 def watch_once(env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kpsbot", "watch", "--once"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_kpsbot(["watch", "--once"], cwd, env)
 
 
 def start_watch_once(env: dict, cwd: Path) -> subprocess.Popen:

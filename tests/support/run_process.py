@@ -20,9 +20,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def clean_environment(**settings: str) -> dict:
+    """This process's environment without anything that could configure kpsbot, plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
+    env.update(settings)
+    return env
+
+
+def run_kpsbot(
+    args: list[str], cwd: Path | str, env: dict, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`python -m kpsbot ARGS` run to its end with exactly `env`: exit status, stdout, stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "kpsbot", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_environment(kps_url: str, slack_api_url: str, project: str, **settings: str) -> dict:
     """The environment for `kpsbot run`: nothing inherited that could configure kpsbot, plus `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KPS", "SLACK", "CLOUD_SDK", "PORT"))}
+    env = clean_environment()
     env.update(
         KPS_ENDPOINT=kps_url,
         KPS_PROJECT_ID=project,

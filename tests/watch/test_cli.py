@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from support.run_process import run_kpsbot
 
 from .conftest import CHANNEL
 
@@ -33,14 +34,7 @@ def env(sim, slack, tmp_path):
 
 
 def watch_once(env: dict, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kpsbot", "watch", "--once"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_kpsbot(["watch", "--once"], cwd, env)
 
 
 def test_watch_once_posts_and_prints_a_summary(sim, slack, env, tmp_path):
